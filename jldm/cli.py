@@ -1,0 +1,29 @@
+"""Shared CLI plumbing: absl flag parsing and user mistakes as one line with exit code 2."""
+
+import sys
+from collections.abc import Callable
+
+from absl import flags
+
+from jldm.errors import UserError
+
+
+def fail(message: str) -> None:
+    """Print a one-line error and exit 2."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run_main(main: Callable[[], None], argv: list[str] | None = None) -> None:
+    """Parse absl flags from argv, then call main(); user mistakes exit 2 with one line."""
+    argv = sys.argv if argv is None else argv
+    try:
+        flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(f"{e} (see --help)")
+    except (KeyError, AttributeError, TypeError, ValueError, FileNotFoundError) as e:
+        fail(f"bad config or override: {e}")
+    try:
+        main()
+    except UserError as e:
+        fail(str(e))

@@ -1,0 +1,83 @@
+"""Sample grids: many small images tiled into one uint8 picture and saved as PNG."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from PIL import Image
+
+from jldm.errors import UserError
+
+# Cells of tiny images (8x8 digits) are upscaled to at least this many pixels to be visible.
+MIN_CELL_PX = 64
+
+
+def _to_uint8(images01: np.ndarray) -> np.ndarray:
+    """Images in [0, 1] (clipped; NaN -> 0) to uint8 [0, 255], same shape."""
+    x = np.nan_to_num(np.asarray(images01, dtype=np.float32), nan=0.0)
+    return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def make_grid(
+    images01: np.ndarray,
+    ncols: int,
+    pad: int = 1,
+    scale: int = 1,
+    pad_value: float = 0.5,
+) -> np.ndarray:
+    """Tile images01: [N, H, W, C] (C = 1 or 3) into uint8 [R*(H*s+p)+p, K*(W*s+p)+p, C].
+
+    Row r holds images r*K .. r*K+K-1 with K = min(ncols, N) columns and R = ceil(N / K) rows;
+    each image is upscaled s = scale times (nearest neighbour) and surrounded by p = pad pixels
+    of pad_value, which also fills the empty cells of an incomplete last row.
+    """
+    images = np.asarray(images01)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise UserError(
+            f"a grid needs images [N, H, W, 1 or 3], got shape {images.shape}: "
+            "decode latents to images before saving a grid"
+        )
+    n, h, w, c = images.shape
+    if n == 0:
+        raise UserError("a grid needs at least one image, got none")
+    if ncols < 1 or pad < 0 or scale < 1:
+        raise ValueError(f"need ncols >= 1, pad >= 0, scale >= 1; got {ncols}, {pad}, {scale}")
+    cells = _to_uint8(images)
+    if scale > 1:
+        cells = cells.repeat(scale, axis=1).repeat(scale, axis=2)
+    ch, cw = h * scale, w * scale
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fill = _to_uint8(np.float32(pad_value))
+    grid = np.full((nrows * (ch + pad) + pad, ncols * (cw + pad) + pad, c), fill, np.uint8)
+    for i in range(n):
+        r, k = divmod(i, ncols)
+        y, x = pad + r * (ch + pad), pad + k * (cw + pad)
+        grid[y : y + ch, x : x + cw] = cells[i]
+    return grid
+
+
+def save_grid(
+    images01: np.ndarray,
+    path: str,
+    ncols: int,
+    pad: int = 1,
+    scale: int | None = None,
+) -> str:
+    """Write images01: [N, H, W, C] as a PNG grid (grayscale if C = 1, RGB if C = 3); returns path.
+
+    scale=None upscales so that each cell is at least MIN_CELL_PX pixels on its short side.
+    """
+    images = np.asarray(images01)
+    if scale is None:
+        short = min(images.shape[1:3]) if images.ndim == 4 else 1
+        scale = max(1, math.ceil(MIN_CELL_PX / max(short, 1)))
+    grid = make_grid(images, ncols, pad=pad, scale=scale)
+    # uint8 [H, W] maps to mode "L" and [H, W, 3] to "RGB".
+    picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    picture.save(path, format="PNG")
+    return path

@@ -1,0 +1,139 @@
+"""Sample quality in the project's own feature space: class accuracy and Frechet distance."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jldm.errors import UserError
+from jldm.eval.classifier import Classifier, classifier_for
+from jldm.eval.frechet import feature_stats, frechet_distance
+
+_CHUNK = 4096
+
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+CACHE_DIR = "~/.cache/jldm"
+
+
+@dataclass(eq=False)
+class Reference:
+    """A dataset's classifier and test split, with test-feature statistics per sample resolution."""
+
+    classifier: Classifier
+    test_images_u8: np.ndarray  # [N, H, W, C]
+    test_labels: np.ndarray  # [N]
+    test_accuracy: float
+    _stats: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, repr=False
+    )
+
+    def stats(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Feature mean [F] and covariance [F, F] of the test split rendered at height x width.
+
+        A model trained at another resolution sees the data bilinearly resized (as
+        jldm.data.preprocess does), and the classifier resizes its samples back; the reference
+        goes through the same two resizes, so perfect samples score like held-out data.
+        """
+        key = (int(height), int(width))
+        if key not in self._stats:
+            n, h, w, c = self.test_images_u8.shape
+            parts = []
+            for i in range(0, n, _CHUNK):
+                x = jnp.asarray(self.test_images_u8[i : i + _CHUNK], jnp.float32) / 255.0
+                if key != (h, w):
+                    x = jax.image.resize(x, (x.shape[0], *key, c), "linear", antialias=True)
+                parts.append(self.classifier.features(x))
+            self._stats[key] = feature_stats(np.concatenate(parts))
+        return self._stats[key]
+
+
+def make_reference(
+    classifier: Classifier, test_images_u8: np.ndarray, test_labels: np.ndarray
+) -> Reference:
+    """Reference from uint8 test images [N, H, W, C] and labels [N]."""
+    images = np.asarray(test_images_u8)
+    labels = np.asarray(test_labels)
+    return Reference(
+        classifier=classifier,
+        test_images_u8=images,
+        test_labels=labels,
+        test_accuracy=classifier.accuracy(images.astype(np.float32) / 255.0, labels),
+    )
+
+
+def score_samples(
+    reference: Reference, images01: np.ndarray, labels: np.ndarray | None = None
+) -> dict[str, float | int | None]:
+    """class_accuracy (None without labels), frechet, test_accuracy of images01: [N, H, W, C].
+
+    The Frechet figure is biased upwards for small N, so compare runs at equal sample counts.
+    """
+    classifier = reference.classifier
+    images = np.asarray(images01)
+    class_accuracy = None
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.size and (labels.min() < 0 or labels.max() >= classifier.num_classes):
+            raise UserError(
+                f"sample labels must lie in [0, {classifier.num_classes}), got "
+                f"[{labels.min()}, {labels.max()}]: sample with the dataset's class ids"
+            )
+        class_accuracy = classifier.accuracy(images, labels)
+    mu, sigma = feature_stats(classifier.features(images))
+    ref_mu, ref_sigma = reference.stats(images.shape[1], images.shape[2])
+    return {
+        "class_accuracy": class_accuracy,
+        "frechet": frechet_distance(mu, sigma, ref_mu, ref_sigma),
+        "test_accuracy": reference.test_accuracy,
+        "num_samples": int(images.shape[0]),
+    }
+
+
+@functools.lru_cache(maxsize=4)
+def _reference_cached(
+    dataset_name: str, data_dir: str, fashion_dir: str, cache_dir: str
+) -> Reference:
+    from jldm.data import load_split
+
+    classifier = classifier_for(dataset_name, data_dir, fashion_dir, cache_dir)
+    test = load_split(dataset_name, "test", data_dir, fashion_dir=fashion_dir)
+    return make_reference(classifier, test.images, test.labels)
+
+
+def reference_for(
+    dataset_name: str,
+    data_dir: str,
+    fashion_dir: str = FASHION_DIR,
+    cache_dir: str = CACHE_DIR,
+) -> Reference:
+    """The Reference of a dataset (classifier cached on disk, statistics kept for the process)."""
+    # Keyed by absolute paths so periodic evaluation during training loads both splits once.
+    return _reference_cached(
+        dataset_name,
+        os.path.abspath(os.path.expanduser(data_dir)),
+        os.path.abspath(os.path.expanduser(fashion_dir)),
+        os.path.abspath(os.path.expanduser(cache_dir)),
+    )
+
+
+def sample_quality(
+    images01: np.ndarray,
+    labels: np.ndarray | None,
+    dataset_name: str,
+    data_dir: str,
+    fashion_dir: str = FASHION_DIR,
+    cache_dir: str = CACHE_DIR,
+) -> dict[str, float | int | None]:
+    """Quality of samples images01: [N, H, W, C] in [0, 1] with their class labels: [N] or None.
+
+    Returns class_accuracy (fraction of samples classified as their label; None without labels),
+    frechet (Frechet distance of classifier features to the test split's), test_accuracy (the
+    classifier's own accuracy on the test split, the ceiling for class_accuracy) and num_samples.
+    """
+    reference = reference_for(dataset_name, data_dir, fashion_dir, cache_dir)
+    return score_samples(reference, images01, labels)

@@ -1,0 +1,64 @@
+"""The resolved config in WORKDIR/config.json: written by train, read by sample and load."""
+
+import json
+import os
+import time
+
+import ml_collections
+
+from jldm.errors import UserError
+
+# Sections that define what a checkpoint is; a workdir keeps them fixed across restarts.
+_ARCHITECTURE = ("model", "diffusion", "data")
+
+
+def config_path(workdir: str) -> str:
+    return os.path.join(workdir, "config.json")
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run was started with."""
+    path = config_path(workdir)
+    if not os.path.isfile(path):
+        raise UserError(
+            f"{workdir} holds no jldm run (no config.json): pass the --workdir given to train.py"
+        )
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def _plain(c: ml_collections.ConfigDict, keys) -> dict:
+    return json.loads(json.dumps({k: c.to_dict()[k] for k in keys if k in c}))
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict, force: bool = False) -> None:
+    """Save config; refuse a workdir whose run has another architecture unless force.
+
+    With force, the old run's checkpoints are moved aside, never deleted.
+    """
+    path = config_path(workdir)
+    if os.path.isfile(path):
+        old = read_config(workdir)
+        a, b = _plain(old, _ARCHITECTURE), _plain(config, _ARCHITECTURE)
+        diff = sorted(
+            f"{s}.{k}"
+            for s in _ARCHITECTURE
+            for k in set(a.get(s, {})) | set(b.get(s, {}))
+            if a.get(s, {}).get(k) != b.get(s, {}).get(k)
+        )
+        if diff and force:
+            old_ckpt = os.path.join(workdir, "checkpoints")
+            if os.path.isdir(old_ckpt):
+                kept = f"{old_ckpt}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+                os.replace(old_ckpt, kept)
+                print(f"--force: the previous run's checkpoints are kept in {kept}")
+        elif diff:
+            raise UserError(
+                f"{workdir} holds a run with a different {', '.join(diff[:4])}: use a new "
+                "--workdir, or --force to overwrite its config"
+            )
+    os.makedirs(workdir, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(config.to_json(indent=2))
+    os.replace(tmp, path)

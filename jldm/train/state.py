@@ -1,0 +1,48 @@
+"""TrainState and the optimizer: everything a checkpoint holds besides the data position."""
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+    """step: int32 []; params and ema_params: float32 pytrees; rng: uint32 [2] base key."""
+
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW with linear warmup to train.lr, then constant; global-norm gradient clipping."""
+    lr = optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, train.lr, max(train.warmup_steps, 1)),
+            optax.constant_schedule(train.lr),
+        ],
+        [max(train.warmup_steps, 1)],
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(train.grad_clip),
+        optax.adamw(lr, b1=0.9, b2=0.99, weight_decay=train.weight_decay),
+    )
+
+
+def create_state(init_fn, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    """Fresh state: init_fn(key) -> params; EMA starts at the initial params."""
+    k_init, rng = jax.random.split(jax.random.PRNGKey(seed))
+    params = init_fn(k_init)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        ema_params=jax.tree_util.tree_map(jnp.copy, params),
+        opt_state=tx.init(params),
+        rng=rng,
+    )
