@@ -3,7 +3,7 @@
 import sys
 from collections.abc import Callable
 
-from absl import flags
+from absl import flags, logging
 
 from jldm.errors import UserError
 
@@ -17,6 +17,8 @@ def fail(message: str) -> None:
 def run_main(main: Callable[[], None], argv: list[str] | None = None) -> None:
     """Parse absl flags from argv, then call main(); user mistakes exit 2 with one line."""
     argv = sys.argv if argv is None else argv
+    # Library chatter (Orbax, TFDS) at INFO/WARNING drowns the CLIs' own few lines.
+    logging.set_verbosity(logging.ERROR)
     try:
         flags.FLAGS(argv)
     except flags.Error as e:

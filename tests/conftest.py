@@ -6,3 +6,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=4".strip()
+
+# Runs in one session (and the CLIs they start) compile the same tiny programs: share them.
+_cache = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".pytest_cache", "xla")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.abspath(_cache))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")

@@ -23,7 +23,7 @@ def make_update(loss_fn: Callable, tx: optax.GradientTransformation, ema_decay: 
         ema = jax.tree_util.tree_map(
             lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params
         )
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
         new = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
         return new, metrics
 

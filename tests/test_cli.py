@@ -1,0 +1,152 @@
+"""train.py and sample.py as a user runs them: outputs on success, one-line errors (exit 2)."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.tiny import ROOT, tiny_flags
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny run through train.py, shared by the sampling tests."""
+    root = tmp_path_factory.mktemp("cli")
+    data_dir, workdir = str(root / "tfds"), str(root / "run")
+    proc = cli(
+        "train.py",
+        "--config",
+        "configs/digits_ddpm.py",
+        "--workdir",
+        workdir,
+        *tiny_flags(data_dir),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return data_dir, workdir
+
+
+def test_train_writes_config_checkpoints_logs_and_a_grid(trained):
+    _, workdir = trained
+    for name in ("config.json", "metrics.jsonl", "samples_final.png", "tb"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+
+
+def test_sample_writes_grid_and_npz_and_prints_quality(trained, tmp_path):
+    _, workdir = trained
+    out = str(tmp_path / "s")
+    proc = cli(
+        "sample.py",
+        "--workdir",
+        workdir,
+        "--num",
+        "2",
+        "--classes",
+        "3,7",
+        "--steps",
+        "3",
+        "--guidance",
+        "1.5",
+        "--out",
+        out,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = np.load(out + ".npz")
+    assert data["images"].shape == (4, 8, 8, 1)
+    assert 0.0 <= data["images"].min() and data["images"].max() <= 1.0
+    np.testing.assert_array_equal(data["labels"], [3, 3, 7, 7])
+    assert os.path.getsize(out + ".png") > 0
+    assert "class_accuracy" in proc.stdout and "frechet" in proc.stdout
+
+
+def test_sampling_is_reproducible_given_the_seed(trained, tmp_path):
+    _, workdir = trained
+    outs = []
+    for i, seed in enumerate(("5", "5", "6")):
+        out = str(tmp_path / f"s{i}")
+        proc = cli(
+            "sample.py",
+            "--workdir",
+            workdir,
+            "--num",
+            "1",
+            "--classes",
+            "1",
+            "--steps",
+            "2",
+            "--seed",
+            seed,
+            "--out",
+            out,
+            "--nometrics",
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs.append(np.load(out + ".npz")["images"])
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert np.abs(outs[0] - outs[2]).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--config.train.nonexistent=1"], ["nonexistent"]),
+        (["--config.train.steps=many"], ["steps"]),
+        (["--config.data.name=mnist"], ["mnist", "not prepared"]),
+        (["--config.train.batch_size=6"], ["batch_size", "divisible"]),
+        (["--config.data.resolution=10"], ["resolution", "divisible"]),
+        (["--config.model.dtype=float8"], ["dtype"]),
+    ],
+)
+def test_train_user_errors(tmp_path, extra, words):
+    proc = cli(
+        "train.py",
+        "--config",
+        "configs/digits_ddpm.py",
+        "--workdir",
+        str(tmp_path / "w"),
+        *tiny_flags(str(tmp_path / "tfds")),
+        *extra,
+    )
+    assert_user_error(proc, *words)
+
+
+def test_train_refuses_a_workdir_of_another_architecture(trained, tmp_path):
+    data_dir, workdir = trained
+    before = open(os.path.join(workdir, "config.json")).read()
+    proc = cli(
+        "train.py",
+        "--config",
+        "configs/digits_ddpm.py",
+        "--workdir",
+        workdir,
+        *tiny_flags(data_dir),
+        "--config.model.channels=16",
+    )
+    assert_user_error(proc, "model.channels", "--force")
+    assert open(os.path.join(workdir, "config.json")).read() == before
+
+
+def test_sample_user_errors(trained, tmp_path):
+    _, workdir = trained
+    assert_user_error(cli("sample.py", "--workdir", str(tmp_path / "nope")), "does not exist")
+    os.makedirs(tmp_path / "empty")
+    assert_user_error(cli("sample.py", "--workdir", str(tmp_path / "empty")), "config.json")
+    assert_user_error(cli("sample.py", "--workdir", workdir, "--step", "3"), "step 3")
+    assert_user_error(cli("sample.py", "--workdir", workdir, "--classes", "12"), "classes")
+    assert_user_error(cli("sample.py", "--workdir", workdir, "--sampler", "euler"), "sampler")
