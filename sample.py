@@ -73,8 +73,8 @@ def main() -> None:
     if FLAGS.workdir is None:
         raise UserError("sample.py needs --workdir DIR (a folder written by train.py)")
     workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
-    out = _writable_prefix(FLAGS.out or os.path.join(workdir, "samples"))
     run = jldm.load(workdir, FLAGS.step)
+    out = _writable_prefix(FLAGS.out or os.path.join(workdir, "samples"))
     s, d = run.config.sample, run.config.data
     per_class = FLAGS.num or s.per_class
     labels = _labels(d.num_classes, FLAGS.classes, per_class)

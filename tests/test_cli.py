@@ -109,7 +109,7 @@ def test_sampling_is_reproducible_given_the_seed(trained, tmp_path):
         (["--config.train.steps=many"], ["steps"]),
         (["--config.data.name=mnist"], ["mnist", "not prepared"]),
         (["--config.train.batch_size=6"], ["batch_size", "divisible"]),
-        (["--config.data.resolution=10"], ["resolution", "divisible"]),
+        (["--config.data.resolution=9"], ["resolution", "divisible"]),
         (["--config.model.dtype=float8"], ["dtype"]),
     ],
 )
@@ -145,8 +145,10 @@ def test_train_refuses_a_workdir_of_another_architecture(trained, tmp_path):
 def test_sample_user_errors(trained, tmp_path):
     _, workdir = trained
     assert_user_error(cli("sample.py", "--workdir", str(tmp_path / "nope")), "does not exist")
+    assert not os.path.exists(tmp_path / "nope")
     os.makedirs(tmp_path / "empty")
     assert_user_error(cli("sample.py", "--workdir", str(tmp_path / "empty")), "config.json")
     assert_user_error(cli("sample.py", "--workdir", workdir, "--step", "3"), "step 3")
     assert_user_error(cli("sample.py", "--workdir", workdir, "--classes", "12"), "classes")
     assert_user_error(cli("sample.py", "--workdir", workdir, "--sampler", "euler"), "sampler")
+    assert_user_error(cli("sample.py", "--workdir", workdir, "--out", "/proc/jldm/s"), "--out")

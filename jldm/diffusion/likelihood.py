@@ -53,8 +53,8 @@ def ode_likelihood(
     """log p_eps(x), bits/dim and the prior point z = x(T). x: [B,...] -> ([B], [B], [B,...]).
 
     The flow and its divergence are integrated jointly from eps to T by fixed-step RK4 in one
-    scan. hutchinson: div ~ v^T (grad f~) v with one probe v per sample, drawn once from key and
-    held fixed along the path (an unbiased estimate); otherwise the exact trace (D jvp passes).
+    scan. hutchinson: div ~ v^T (grad f~) v with one probe per sample, v = sample_probe(key,
+    x.shape, probe), held fixed along the path (unbiased); otherwise the exact trace (D jvps).
     bits/dim assume `levels`-level data scaled to [-1, 1] (see bits_per_dim).
     """
     v = sample_probe(key, x.shape, probe) if hutchinson else None

@@ -89,7 +89,7 @@ def langevin_corrector(
     """n_steps Langevin steps at time t, step 2 (snr |z| / |s|)^2. -> (x, noise-free mean).
 
     As in Song et al.'s reference code the norms are batch means, which keeps the step finite
-    when one sample sits on a mode (|s| = 0).
+    when one sample sits on a mode (|s| = 0); their extra VP factor alpha_i ~ 1 is left out.
     """
     tb = _full(x, t)
 

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 
 class GaussianMixture(NamedTuple):
@@ -18,7 +19,7 @@ class GaussianMixture(NamedTuple):
     stds: jax.Array
     weights: jax.Array
 
-    def _components(self, x: jax.Array, sigma) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def _components(self, x: jax.Array, sigma: ArrayLike) -> tuple[jax.Array, jax.Array, jax.Array]:
         """(log w_k N(x; m_k, var_k) [B,K], x - m_k [B,K,D], var [B or 1, K])."""
         s2 = jnp.square(jnp.asarray(sigma, x.dtype))[..., None]
         var = jnp.square(self.stds) + s2
@@ -28,12 +29,12 @@ class GaussianMixture(NamedTuple):
         logn = -0.5 * (sq / var + dim * jnp.log(2 * math.pi * var))
         return logn + jnp.log(self.weights), diff, var
 
-    def log_prob(self, x: jax.Array, sigma=0.0) -> jax.Array:
+    def log_prob(self, x: jax.Array, sigma: ArrayLike = 0.0) -> jax.Array:
         """log p_sigma(x); sigma: scalar or [B]. x: [B,D] -> [B]."""
         logc, _, _ = self._components(x, sigma)
         return jax.nn.logsumexp(logc, axis=-1)
 
-    def score(self, x: jax.Array, sigma=0.0) -> jax.Array:
+    def score(self, x: jax.Array, sigma: ArrayLike = 0.0) -> jax.Array:
         """grad_x log p_sigma(x) = sum_k r_k(x) (m_k - x) / var_k, in closed form. -> [B,D]."""
         logc, diff, var = self._components(x, sigma)
         resp = jax.nn.softmax(logc, axis=-1)
@@ -53,7 +54,9 @@ class GaussianMixture(NamedTuple):
         return jnp.argmin(d, axis=-1)
 
 
-def gaussian_mixture(means, stds, weights=None) -> GaussianMixture:
+def gaussian_mixture(
+    means: ArrayLike, stds: ArrayLike, weights: ArrayLike | None = None
+) -> GaussianMixture:
     """Build a mixture; stds a scalar or [K]; weights default uniform, normalised to sum 1."""
     means = jnp.asarray(means, jnp.float32)
     k = means.shape[0]
@@ -62,7 +65,9 @@ def gaussian_mixture(means, stds, weights=None) -> GaussianMixture:
     return GaussianMixture(means, stds, w / jnp.sum(w))
 
 
-def ring(n_modes: int = 8, radius: float = 4.0, std: float = 0.2, weights=None) -> GaussianMixture:
+def ring(
+    n_modes: int = 8, radius: float = 4.0, std: float = 0.2, weights: ArrayLike | None = None
+) -> GaussianMixture:
     """n_modes Gaussians of one std evenly spaced on a circle of radius r, the first at (r, 0)."""
     angles = 2 * math.pi * jnp.arange(n_modes) / n_modes
     means = radius * jnp.stack([jnp.cos(angles), jnp.sin(angles)], axis=-1)
