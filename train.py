@@ -20,8 +20,8 @@ def main() -> None:
     if FLAGS.config is None or FLAGS.workdir is None:
         raise UserError("train.py needs --config configs/NAME.py and --workdir DIR")
     workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
-    run(FLAGS.config, workdir, force=FLAGS.force)
-    print(f"trained: {workdir} (checkpoints in {workdir}/checkpoints)")
+    if run(FLAGS.config, workdir, force=FLAGS.force):
+        print(f"trained: {workdir} (checkpoints in {workdir}/checkpoints)")
 
 
 if __name__ == "__main__":

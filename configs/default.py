@@ -51,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
     t.checkpoint_every = 500
     t.keep_checkpoints = 3
     t.log_every = 50
+    t.skip_nonfinite = False  # True: skip NaN/Inf steps and count them instead of stopping
 
     c.sample = s = ml_collections.ConfigDict()
     s.sampler = "ddim"  # ddpm | ddim

@@ -1,8 +1,10 @@
 """train.py and sample.py as a user runs them: outputs on success, one-line errors (exit 2)."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -152,3 +154,37 @@ def test_sample_user_errors(trained, tmp_path):
     assert_user_error(cli("sample.py", "--workdir", workdir, "--classes", "12"), "classes")
     assert_user_error(cli("sample.py", "--workdir", workdir, "--sampler", "euler"), "sampler")
     assert_user_error(cli("sample.py", "--workdir", workdir, "--out", "/proc/jldm/s"), "--out")
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_zero(trained, tmp_path):
+    data_dir, _ = trained
+    workdir = tmp_path / "w"
+    args = [
+        sys.executable,
+        "train.py",
+        "--config",
+        "configs/digits_ddpm.py",
+        "--workdir",
+        str(workdir),
+        *tiny_flags(data_dir),
+        "--config.train.steps=100000",
+        "--config.train.checkpoint_every=50000",
+        "--config.train.log_every=1",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    log = workdir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and log.read_text().count("\n") >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    line = [s for s in out.splitlines() if s.startswith("stopped by SIGTERM")]
+    assert len(line) == 1, out
+    step = int(line[0].split("at step ")[1].split(":")[0])
+    assert step >= 3
+    assert os.listdir(workdir / "checkpoints") == [str(step)]

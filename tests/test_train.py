@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jldm import api
-from jldm.train import checkpoint
+from jldm.train import checkpoint, loop
 from jldm.train.factory import build_loss, build_model
 from jldm.train.loop import run
 from jldm.train.sharding import batch_sharding, make_mesh, replicated
@@ -96,3 +96,39 @@ def test_training_lowers_the_loss(data_dir, tmp_path):
     lines = [json.loads(s) for s in open(tmp_path / "w" / "metrics.jsonl")]
     assert [r["step"] for r in lines] == [10, 20, 30, 40]
     assert lines[-1]["loss"] < 0.6 * lines[0]["loss"]
+
+
+def test_nan_step_stops_keeping_the_last_good_checkpoint_or_is_skipped(
+    data_dir, tmp_path, monkeypatch
+):
+    workdir = str(tmp_path / "w")
+    run(tiny_config(data_dir, **{"train.steps": 2}), workdir)
+    good, _ = _final_state(workdir, tiny_config(data_dir))
+    real = loop.build_loss
+
+    def poisoned(config, model):
+        loss_fn = real(config, model)
+
+        def nan_loss(params, rng, batch):
+            loss, metrics = loss_fn(params, rng, batch)
+            return loss * jnp.nan, dict(metrics, loss=loss * jnp.nan)
+
+        return nan_loss
+
+    monkeypatch.setattr(loop, "build_loss", poisoned)
+    with pytest.raises(loop.TrainingDiverged, match=r"step 3; the last good checkpoint \(step 2\)"):
+        run(tiny_config(data_dir), workdir)
+    assert checkpoint.manager(workdir, read_only=True).all_steps() == [2]
+
+    skipping = tiny_config(data_dir, **{"train.skip_nonfinite": True})
+    assert run(skipping, workdir)
+    after, _ = _final_state(workdir, skipping)
+    assert int(after.step) == 4
+    for x, y in zip(
+        jax.tree_util.tree_leaves(after.params), jax.tree_util.tree_leaves(good.params), strict=True
+    ):
+        np.testing.assert_array_equal(x, y)
+    import json
+
+    last = [json.loads(s) for s in open(tmp_path / "w" / "metrics.jsonl")][-1]
+    assert last["skipped_steps"] == 2

@@ -1,7 +1,9 @@
 """The training loop: data -> fused jitted steps -> logs, checkpoints, a final sample grid."""
 
+import contextlib
 import os
 import queue
+import signal
 import threading
 import time
 
@@ -79,8 +81,35 @@ class _Feeder:
         return self.queue.get()
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, force: bool = False) -> str:
-    """Train config in workdir, resuming from its latest checkpoint. Returns the workdir."""
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class TrainingDiverged(UserError):
+    """The loss or gradients became NaN/Inf; the last good checkpoint is kept."""
+
+
+@contextlib.contextmanager
+def _stop_requests():
+    """Record SIGTERM/SIGINT instead of dying, so the loop can checkpoint and exit cleanly."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    old = {s: signal.signal(s, lambda n, _: received.append(n)) for s in _STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, force: bool = False) -> bool:
+    """Train config in workdir, resuming from its latest checkpoint.
+
+    Returns True when train.steps are done, False when stopped early by SIGTERM/SIGINT (after
+    writing a checkpoint). Raises TrainingDiverged on a NaN/Inf step unless
+    train.skip_nonfinite, without writing the poisoned state.
+    """
     check_config(config)
     model = build_model(config)
     loss_fn = build_loss(config, model)
@@ -116,34 +145,57 @@ def run(config: ml_collections.ConfigDict, workdir: str, force: bool = False) ->
     if start >= total:
         if main:
             print(f"{workdir}: already trained to step {start} (train.steps={total})")
-        return workdir
+        return True
 
     images = preprocess(split.images, d.resolution)
     labels = split.labels.astype(np.int32)
-    train_step = make_train_step(loss_fn, tx, config.train.ema_decay, mesh)
+    skip = config.train.skip_nonfinite
+    train_step = make_train_step(loss_fn, tx, config.train.ema_decay, mesh, skip)
     feeder = _Feeder(images, labels, config, batch_sharding(mesh, 1), start, total)
     writer = MetricWriter(workdir, enabled=main)
     k = config.train.steps_per_call
     bar = tqdm(total=total, initial=start, unit="step", disable=not main, dynamic_ncols=True)
     t_last, s_last = time.perf_counter(), start
-    for step in range(start, total, k):
-        state, metrics = train_step(state, feeder.next())
-        done = step + k
-        bar.update(k)
-        if done % config.train.log_every == 0 or done == total:
-            scalars = mean_metrics(metrics)
-            now = time.perf_counter()
-            scalars["steps_per_sec"] = (done - s_last) / (now - t_last)
-            t_last, s_last = now, done
-            writer.write(done, scalars)
-            bar.set_postfix(loss=f"{scalars['loss']:.4f}")
-        if done % config.train.checkpoint_every == 0 or done == total:
-            checkpoint.save(mngr, state, {"step": done, "data_step": done})
+    skipped, done = 0, start
+    with _stop_requests() as stop:
+        for step in range(start, total, k):
+            state, metrics = train_step(state, feeder.next())
+            done = step + k
+            bar.update(k)
+            bad = np.asarray(jax.device_get(metrics["nonfinite"]))
+            if bad.any() and not skip:
+                bar.close()
+                last = mngr.latest_step()
+                raise TrainingDiverged(
+                    f"loss or gradients became NaN/Inf at step {step + int(bad.argmax()) + 1}; "
+                    f"the last good checkpoint (step {last}) is kept: lower train.lr, or set "
+                    "train.skip_nonfinite=True to skip such steps"
+                )
+            skipped += int(bad.sum())
+            if done % config.train.log_every == 0 or done == total:
+                scalars = mean_metrics(metrics)
+                now = time.perf_counter()
+                scalars["steps_per_sec"] = (done - s_last) / (now - t_last)
+                scalars["skipped_steps"] = skipped
+                t_last, s_last = now, done
+                writer.write(done, scalars)
+                bar.set_postfix(loss=f"{scalars['loss']:.4f}")
+            if done % config.train.checkpoint_every == 0 or done == total or stop:
+                checkpoint.save(mngr, state, {"step": done, "data_step": done})
+            if stop:
+                break
     bar.close()
     writer.close()
+    if skipped and main:
+        print(f"skipped {skipped} steps with NaN/Inf loss or gradients")
+    if stop:
+        if main:
+            name = signal.Signals(stop[0]).name
+            print(f"stopped by {name} at step {done}: checkpoint saved, rerun to resume")
+        return False
     if main:
         _final_grid(config, model, state, workdir)
-    return workdir
+    return True
 
 
 def _final_grid(config, model, state, workdir: str) -> None:

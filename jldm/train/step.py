@@ -11,19 +11,36 @@ from jldm.train.sharding import batch_sharding, replicated
 from jldm.train.state import TrainState
 
 
-def make_update(loss_fn: Callable, tx: optax.GradientTransformation, ema_decay: float):
-    """One step: state, batch -> state, metrics. The step's key is fold_in(rng, step)."""
+def make_update(
+    loss_fn: Callable,
+    tx: optax.GradientTransformation,
+    ema_decay: float,
+    skip_nonfinite: bool = False,
+):
+    """One step: state, batch -> state, metrics. The step's key is fold_in(rng, step).
+
+    metrics["nonfinite"] is 1 where the loss or gradients were NaN/Inf; with skip_nonfinite
+    such a step leaves params, EMA and optimizer state as they were (the step still counts).
+    """
 
     def update(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (_, metrics), grads = grad_fn(state.params, rng, batch)
+        (loss, metrics), grads = grad_fn(state.params, rng, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = jax.tree_util.tree_map(
             lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params
         )
-        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if skip_nonfinite:
+            keep = lambda new, old: jax.tree_util.tree_map(
+                lambda n, o: jnp.where(finite, n, o), new, old
+            )
+            params, ema = keep(params, state.params), keep(ema, state.ema_params)
+            opt_state = keep(opt_state, state.opt_state)
+        metrics = dict(metrics, grad_norm=grad_norm, nonfinite=1.0 - finite.astype(jnp.float32))
         new = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
         return new, metrics
 
@@ -31,13 +48,17 @@ def make_update(loss_fn: Callable, tx: optax.GradientTransformation, ema_decay: 
 
 
 def make_train_step(
-    loss_fn: Callable, tx: optax.GradientTransformation, ema_decay: float, mesh: Mesh
+    loss_fn: Callable,
+    tx: optax.GradientTransformation,
+    ema_decay: float,
+    mesh: Mesh,
+    skip_nonfinite: bool = False,
 ):
     """train_step(state, batches) -> (state, metrics); batches: {k: [k, B, ...]}, metrics: [k].
 
     The state is replicated and donated; the batch axis (axis 1) is split over the devices.
     """
-    update = make_update(loss_fn, tx, ema_decay)
+    update = make_update(loss_fn, tx, ema_decay, skip_nonfinite)
 
     def train_step(state, batches):
         if jax.tree_util.tree_leaves(batches)[0].shape[0] == 1:
