@@ -18,6 +18,19 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def train_args(workdir, data_dir, *extra: str) -> list[str]:
+    """train.py on the tiny digits config."""
+    return [
+        "train.py",
+        "--config",
+        "configs/digits_ddpm.py",
+        "--workdir",
+        str(workdir),
+        *tiny_flags(str(data_dir)),
+        *extra,
+    ]
+
+
 def assert_user_error(proc: subprocess.CompletedProcess, *words: str) -> None:
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
@@ -31,14 +44,7 @@ def trained(tmp_path_factory):
     """One tiny run through train.py, shared by the sampling tests."""
     root = tmp_path_factory.mktemp("cli")
     data_dir, workdir = str(root / "tfds"), str(root / "run")
-    proc = cli(
-        "train.py",
-        "--config",
-        "configs/digits_ddpm.py",
-        "--workdir",
-        workdir,
-        *tiny_flags(data_dir),
-    )
+    proc = cli(*train_args(workdir, data_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return data_dir, workdir
 
@@ -116,30 +122,14 @@ def test_sampling_is_reproducible_given_the_seed(trained, tmp_path):
     ],
 )
 def test_train_user_errors(tmp_path, extra, words):
-    proc = cli(
-        "train.py",
-        "--config",
-        "configs/digits_ddpm.py",
-        "--workdir",
-        str(tmp_path / "w"),
-        *tiny_flags(str(tmp_path / "tfds")),
-        *extra,
-    )
+    proc = cli(*train_args(tmp_path / "w", tmp_path / "tfds", *extra))
     assert_user_error(proc, *words)
 
 
 def test_train_refuses_a_workdir_of_another_architecture(trained, tmp_path):
     data_dir, workdir = trained
     before = open(os.path.join(workdir, "config.json")).read()
-    proc = cli(
-        "train.py",
-        "--config",
-        "configs/digits_ddpm.py",
-        "--workdir",
-        workdir,
-        *tiny_flags(data_dir),
-        "--config.model.channels=16",
-    )
+    proc = cli(*train_args(workdir, data_dir, "--config.model.channels=16"))
     assert_user_error(proc, "model.channels", "--force")
     assert open(os.path.join(workdir, "config.json")).read() == before
 
@@ -161,15 +151,13 @@ def test_sigterm_writes_a_checkpoint_and_exits_zero(trained, tmp_path):
     workdir = tmp_path / "w"
     args = [
         sys.executable,
-        "train.py",
-        "--config",
-        "configs/digits_ddpm.py",
-        "--workdir",
-        str(workdir),
-        *tiny_flags(data_dir),
-        "--config.train.steps=100000",
-        "--config.train.checkpoint_every=50000",
-        "--config.train.log_every=1",
+        *train_args(
+            workdir,
+            data_dir,
+            "--config.train.steps=100000",
+            "--config.train.checkpoint_every=50000",
+            "--config.train.log_every=1",
+        ),
     ]
     proc = subprocess.Popen(
         args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

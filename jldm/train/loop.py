@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jldm import api
-from jldm.data import batch_indices, load_split, preprocess, to_unit
+from jldm.data import batches_for, load_split, preprocess, to_unit
 from jldm.errors import UserError
 from jldm.eval import save_grid
 from jldm.train import checkpoint
@@ -55,18 +55,14 @@ class _Feeder:
         self.thread.start()
 
     def _chunk(self, step: int) -> dict:
-        idx = np.stack(
-            [
-                batch_indices(
-                    self.seed,
-                    s,
-                    self.batch,
-                    len(self.images),
-                    jax.process_index(),
-                    jax.process_count(),
-                )
-                for s in range(step, step + self.k)
-            ]
+        idx = batches_for(
+            self.seed,
+            step,
+            self.k,
+            self.batch,
+            len(self.images),
+            jax.process_index(),
+            jax.process_count(),
         )
         return {
             "image": to_global(self.images[idx], self.sharding),
