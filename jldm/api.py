@@ -84,4 +84,7 @@ def generate(
 
     if sampler not in ("ddpm", "ddim"):
         raise UserError(f"unknown sampler {sampler!r}: use ddpm or ddim")
+    T = run.schedule.num_timesteps
+    if sampler == "ddim" and not 1 <= steps <= T:
+        raise UserError(f"DDIM steps={steps} must be in 1..{T}: pick --steps in that range")
     return np.asarray(go(jax.random.PRNGKey(seed)))

@@ -143,6 +143,7 @@ def test_sample_user_errors(trained, tmp_path):
     assert_user_error(cli("sample.py", "--workdir", workdir, "--step", "3"), "step 3")
     assert_user_error(cli("sample.py", "--workdir", workdir, "--classes", "12"), "classes")
     assert_user_error(cli("sample.py", "--workdir", workdir, "--sampler", "euler"), "sampler")
+    assert_user_error(cli("sample.py", "--workdir", workdir, "--steps", "5000"), "steps=5000")
     assert_user_error(cli("sample.py", "--workdir", workdir, "--out", "/proc/jldm/s"), "--out")
 
 
