@@ -15,8 +15,14 @@ flags.DEFINE_string("workdir", None, "Run folder written by train.py.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 flags.DEFINE_integer("num", None, "Samples per class (default: config.sample.per_class).")
 flags.DEFINE_list("classes", None, "Class labels to sample, e.g. 0,3,7 (default: all).")
-flags.DEFINE_enum("sampler", None, ["ddpm", "ddim"], "Sampler (default: config.sample.sampler).")
-flags.DEFINE_integer("steps", None, "DDIM steps (default: config.sample.steps).")
+flags.DEFINE_enum(
+    "sampler",
+    None,
+    ["ddpm", "ddim", "als", "pc", "em", "ode"],
+    "Sampler (default: config.sample.sampler): ddpm|ddim for DDPM runs, als (annealed Langevin) "
+    "for NCSN runs, pc|em|ode for SDE runs.",
+)
+flags.DEFINE_integer("steps", None, "DDIM/PC/EM/ODE steps (default: config.sample.steps).")
 flags.DEFINE_float("guidance", None, "Classifier-free guidance scale; 1 = conditional only.")
 flags.DEFINE_float("eta", None, "DDIM eta (0 = deterministic).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -89,9 +95,7 @@ def main() -> None:
     images = to_unit(x)
     save_grid(images, out + ".png", ncols=per_class)
     np.savez(out + ".npz", images=images, labels=labels)
-    nfe = (run.schedule.num_timesteps if sampler == "ddpm" else steps) * (
-        1 if guidance == 1.0 else 2
-    )
+    nfe = jldm.api.sampler_nfe(run.config, sampler, steps, guidance)
     print(
         f"step {run.step}: {len(labels)} samples, {sampler} ({nfe} NFE), "
         f"guidance {guidance}, {seconds:.1f} s incl. compile"

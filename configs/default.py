@@ -30,12 +30,22 @@ def get_config() -> ml_collections.ConfigDict:
     m.dtype = "float32"  # compute dtype; bfloat16 on accelerators
 
     c.diffusion = f = ml_collections.ConfigDict()
+    # ddpm: discrete-time noise prediction. Score objectives on the same UNet: ncsn (DSM over a
+    # geometric sigma ladder), vesde | vpsde | subvpsde (continuous-time DSM).
+    f.objective = "ddpm"
+    f.parameterization = "score"  # score | energy (score objectives: s = -grad_x E)
     f.schedule = "cosine"  # linear | cosine
     f.timesteps = 1000
     f.beta_start = 1e-4
     f.beta_end = 0.02
     f.prediction = "eps"  # eps | x0 | v
     f.cond_drop = 0.1  # probability of the null condition, for classifier-free guidance
+    f.sigma_min = 0.01  # ncsn and vesde noise range; sigma_max ~ the largest data distance
+    f.sigma_max = 25.0
+    f.num_scales = 20  # ncsn ladder length
+    f.beta_min = 0.1  # vpsde and subvpsde
+    f.beta_max = 20.0
+    f.eps_t = 1e-5  # smallest training time of the SDE objectives
 
     c.train = t = ml_collections.ConfigDict()
     t.steps = 2000
@@ -54,8 +64,14 @@ def get_config() -> ml_collections.ConfigDict:
     t.skip_nonfinite = False  # True: skip NaN/Inf steps and count them instead of stopping
 
     c.sample = s = ml_collections.ConfigDict()
-    s.sampler = "ddim"  # ddpm | ddim
-    s.steps = 50
+    # ddpm objective: ddpm | ddim; ncsn: als (annealed Langevin); SDEs: pc | em | ode
+    s.sampler = "ddim"
+    s.steps = 50  # ddim, pc, em and ode steps
+    s.snr = 0.16  # pc: Langevin corrector signal-to-noise ratio
+    s.corrector_steps = 1  # pc
+    s.ode_method = "rk4"  # ode: rk4 | heun
+    s.steps_per_sigma = 5  # als
+    s.langevin_eps = 2e-5  # als: step size at sigma_min
     s.guidance = 2.0
     s.per_class = 10
     s.eta = 0.0

@@ -10,10 +10,12 @@ import numpy as np
 
 from jldm.diffusion.samplers import classifier_free_guidance, ddim_sample, ddpm_sample
 from jldm.diffusion.schedules import Schedule
+from jldm.diffusion.score_samplers import annealed_langevin, ode_sample, pc_sample
 from jldm.errors import UserError
 from jldm.train import checkpoint
 from jldm.train.config_io import read_config
 from jldm.train.factory import build_model, build_schedule
+from jldm.train.objectives import build_sde, check_sampler, make_score_net, ncsn_sigmas
 from jldm.train.state import create_state, make_optimizer
 
 
@@ -56,6 +58,50 @@ def load(workdir: str, step: int | None = None, ema: bool = True) -> Loaded:
     return Loaded(config, model, params, build_schedule(config), int(state.step))
 
 
+def sampler_nfe(
+    config: ml_collections.ConfigDict, sampler: str, steps: int, guidance: float
+) -> int:
+    """Network evaluations one sample costs with this sampler (guidance doubles them)."""
+    s = config.sample
+    per = {
+        "ddpm": config.diffusion.timesteps,
+        "ddim": steps,
+        "als": config.diffusion.num_scales * s.steps_per_sigma + 1,
+        "pc": steps * (1 + s.corrector_steps),
+        "em": steps,
+        "ode": steps * (4 if s.ode_method == "rk4" else 2),
+    }[sampler]
+    return per * (1 if guidance == 1.0 else 2)
+
+
+def _check_request(run: Loaded, sampler: str, steps: int) -> None:
+    check_sampler(run.config, sampler)
+    T = run.schedule.num_timesteps
+    if sampler == "ddim" and not 1 <= steps <= T:
+        raise UserError(f"DDIM steps={steps} must be in 1..{T}: pick --steps in that range")
+    if sampler in ("pc", "em", "ode") and steps < 1:
+        raise UserError(f"steps={steps} must be >= 1: pick a positive --steps")
+
+
+def _score_sampler(run: Loaded, model_fn, sampler: str, steps: int, shape):
+    """key -> samples for a score objective; model_fn(x, c) is the guided score."""
+    s, config = run.config.sample, run.config
+    if sampler == "als":
+        sigmas = ncsn_sigmas(config)
+
+        def als(key):
+            k0, k1 = jax.random.split(key)
+            x0 = sigmas[0] * jax.random.normal(k0, shape)
+            return annealed_langevin(model_fn, k1, x0, sigmas, s.steps_per_sigma, s.langevin_eps)
+
+        return als
+    sde = build_sde(config)
+    if sampler == "ode":
+        return lambda key: ode_sample(sde, model_fn, key, shape, steps, method=s.ode_method)[0]
+    n_corr = s.corrector_steps if sampler == "pc" else 0
+    return lambda key: pc_sample(sde, model_fn, key, shape, steps, s.snr, n_corr)[0]
+
+
 def generate(
     run: Loaded,
     labels: np.ndarray,
@@ -65,26 +111,32 @@ def generate(
     seed: int = 0,
     eta: float = 0.0,
 ) -> np.ndarray:
-    """Class-conditional samples, labels: [N] int -> images in [-1, 1]: [N,H,W,C]."""
+    """Class-conditional samples, labels: [N] int -> images in [-1, 1]: [N,H,W,C].
+
+    sampler: ddpm | ddim for the ddpm objective, als for ncsn, pc | em | ode for the SDEs.
+    """
+    _check_request(run, sampler, steps)
     d = run.config.data
     labels = jnp.asarray(labels, jnp.int32)
     shape = (labels.shape[0], d.resolution, d.resolution, d.channels)
     prediction = run.config.diffusion.prediction
+    null = jnp.full_like(labels, d.num_classes)
 
-    def apply_fn(x, t, y):
-        return run.model.apply({"params": run.params}, x, t, y)
+    if run.config.diffusion.objective == "ddpm":
 
-    @jax.jit
-    def go(key):
-        null = jnp.full_like(labels, d.num_classes)
+        def apply_fn(x, t, y):
+            return run.model.apply({"params": run.params}, x, t, y)
+
         model_fn = classifier_free_guidance(apply_fn, labels, null, guidance)
         if sampler == "ddpm":
-            return ddpm_sample(model_fn, run.schedule, key, shape, prediction)
-        return ddim_sample(model_fn, run.schedule, key, shape, steps, eta, prediction)
-
-    if sampler not in ("ddpm", "ddim"):
-        raise UserError(f"unknown sampler {sampler!r}: use ddpm or ddim")
-    T = run.schedule.num_timesteps
-    if sampler == "ddim" and not 1 <= steps <= T:
-        raise UserError(f"DDIM steps={steps} must be in 1..{T}: pick --steps in that range")
-    return np.asarray(go(jax.random.PRNGKey(seed)))
+            go = lambda key: ddpm_sample(model_fn, run.schedule, key, shape, prediction)
+        else:
+            go = lambda key: ddim_sample(model_fn, run.schedule, key, shape, steps, eta, prediction)
+    else:
+        net = make_score_net(run.config, run.model)
+        model_fn = classifier_free_guidance(
+            lambda x, c, y: net(run.params, x, c, y), labels, null, guidance
+        )
+        go = _score_sampler(run, model_fn, sampler, steps, shape)
+    x = jax.jit(go)(jax.random.PRNGKey(seed))
+    return np.asarray(jnp.clip(x, -1.0, 1.0))

@@ -12,6 +12,9 @@ from jldm.errors import UserError
 _ARCHITECTURE = ("model", "diffusion", "data")
 
 
+_ADDED_DEFAULTS = {"objective": "ddpm", "parameterization": "score"}
+
+
 def config_path(workdir: str) -> str:
     return os.path.join(workdir, "config.json")
 
@@ -24,7 +27,12 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
             f"{workdir} holds no jldm run (no config.json): pass the --workdir given to train.py"
         )
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        config = ml_collections.ConfigDict(json.load(f))
+    # Runs written before score objectives existed are DDPM runs.
+    for key, value in _ADDED_DEFAULTS.items():
+        if key not in config.diffusion:
+            config.diffusion[key] = value
+    return config
 
 
 def _plain(c: ml_collections.ConfigDict, keys) -> dict:
@@ -43,8 +51,9 @@ def write_config(workdir: str, config: ml_collections.ConfigDict, force: bool = 
         diff = sorted(
             f"{s}.{k}"
             for s in _ARCHITECTURE
-            for k in set(a.get(s, {})) | set(b.get(s, {}))
-            if a.get(s, {}).get(k) != b.get(s, {}).get(k)
+            # Keys only one side has are settings added to jldm since that run started.
+            for k in set(a.get(s, {})) & set(b.get(s, {}))
+            if a[s][k] != b[s][k]
         )
         if diff and force:
             old_ckpt = os.path.join(workdir, "checkpoints")

@@ -7,6 +7,7 @@ from jldm.diffusion.losses import make_ddpm_loss
 from jldm.diffusion.schedules import Schedule, make_schedule
 from jldm.errors import UserError
 from jldm.nn.models import ClassConditionalUNet
+from jldm.train.objectives import check_objective, make_score_loss
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -57,6 +58,9 @@ def build_schedule(config: ml_collections.ConfigDict) -> Schedule:
 
 def build_loss(config: ml_collections.ConfigDict, model: ClassConditionalUNet):
     """loss_fn(params, rng, batch) -> (loss, metrics) for config.diffusion."""
+    check_objective(config)
+    if config.diffusion.objective != "ddpm":
+        return make_score_loss(config, model)
     if config.diffusion.prediction not in ("eps", "x0", "v"):
         raise UserError(f"diffusion.prediction={config.diffusion.prediction!r}: use eps, x0 or v")
 
