@@ -9,34 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from tests.tiny import ROOT, tiny_flags
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
-
-
-def train_args(workdir, data_dir, *extra: str) -> list[str]:
-    """train.py on the tiny digits config."""
-    return [
-        "train.py",
-        "--config",
-        "configs/digits_ddpm.py",
-        "--workdir",
-        str(workdir),
-        *tiny_flags(str(data_dir)),
-        *extra,
-    ]
-
-
-def assert_user_error(proc: subprocess.CompletedProcess, *words: str) -> None:
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
-    for w in words:
-        assert w in lines[0], lines[0]
+from tests.clitools import assert_user_error, cli, train_args
+from tests.tiny import ROOT
 
 
 @pytest.fixture(scope="module")

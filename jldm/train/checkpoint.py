@@ -1,12 +1,17 @@
 """Orbax checkpoints of the TrainState in WORKDIR/checkpoints, one folder per step."""
 
 import os
+import sys
 
 import jax
 import orbax.checkpoint as ocp
 
 from jldm.errors import UserError
 from jldm.train.state import TrainState
+
+# Unreadable step folders are renamed to this prefix + step; orbax's step pattern (digits only)
+# does not match it, so they are kept for the user but never listed or restored.
+CORRUPT_PREFIX = "corrupt-"
 
 
 def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
@@ -31,17 +36,9 @@ def save(mngr: ocp.CheckpointManager, state: TrainState, meta: dict) -> None:
     mngr.wait_until_finished()
 
 
-def restore(
-    mngr: ocp.CheckpointManager, abstract_state: TrainState, step: int | None = None
+def _restore_step(
+    mngr: ocp.CheckpointManager, abstract_state: TrainState, step: int
 ) -> tuple[TrainState, dict]:
-    """Restore step (default: latest) into the shapes/shardings of abstract_state."""
-    steps = mngr.all_steps()
-    if step is None:
-        step = mngr.latest_step()
-    elif step not in steps:
-        raise UserError(
-            f"no checkpoint for step {step} in {mngr.directory}: available steps {sorted(steps)}"
-        )
     out = mngr.restore(
         step,
         args=ocp.args.Composite(
@@ -49,3 +46,98 @@ def restore(
         ),
     )
     return out.state, out.meta
+
+
+def _reason(e: BaseException) -> str:
+    """The first line of an exception, short enough to sit inside a one-line message."""
+    lines = str(e).strip().splitlines()
+    # TensorStore appends a multi-kilobyte spec dump after this marker.
+    text = lines[0].split(" See full TensorStore")[0] if lines else type(e).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def restore(
+    mngr: ocp.CheckpointManager, abstract_state: TrainState, step: int | None = None
+) -> tuple[TrainState, dict]:
+    """Restore step into the shapes/shardings of abstract_state; None: see restore_latest."""
+    if step is None:
+        return restore_latest(mngr, abstract_state)
+    steps = mngr.all_steps()
+    if step not in steps:
+        raise UserError(
+            f"no checkpoint for step {step} in {mngr.directory}: available steps {sorted(steps)}"
+        )
+    try:
+        return _restore_step(mngr, abstract_state, step)
+    except Exception as e:  # orbax and tensorstore raise plain Exception/ValueError on bad bytes
+        raise UserError(
+            f"checkpoint step {step} in {mngr.directory} cannot be read ({_reason(e)}): "
+            f"pick another step from {sorted(steps)}"
+        ) from None
+
+
+def _move_aside(mngr: ocp.CheckpointManager, steps: list[int]) -> list[str]:
+    """Rename unreadable step folders to corrupt-STEP (process 0), so those steps can be saved."""
+    root = os.fspath(mngr.directory)
+    moved = []
+    for step in steps:
+        dst = os.path.join(root, f"{CORRUPT_PREFIX}{step}")
+        n = 1
+        while os.path.exists(dst):
+            n += 1
+            dst = os.path.join(root, f"{CORRUPT_PREFIX}{step}.{n}")
+        if jax.process_index() == 0:
+            os.replace(os.path.join(root, str(step)), dst)
+        moved.append(dst)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jldm_checkpoint_move_aside")
+    mngr.reload()
+    return moved
+
+
+def restore_latest(
+    mngr: ocp.CheckpointManager, abstract_state: TrainState, move_aside: bool = False
+) -> tuple[TrainState, dict]:
+    """Restore the newest checkpoint that can be read, falling back past unreadable ones.
+
+    A fallback is announced in one line on stderr naming the bad step(s) and the step used. With
+    move_aside (the training loop), bad step folders are renamed to checkpoints/corrupt-STEP,
+    never deleted, so that training can write those steps again. Raises UserError when there is
+    no checkpoint or none can be read; nothing is moved then.
+    """
+    steps = sorted(mngr.all_steps(), reverse=True)
+    if not steps:
+        raise UserError(f"no checkpoint in {mngr.directory}: train first with train.py")
+    bad: list[tuple[int, str]] = []
+    for step in steps:
+        try:
+            state, meta = _restore_step(mngr, abstract_state, step)
+        except Exception as e:  # orbax/tensorstore raise plain Exception/ValueError on bad bytes
+            bad.append((step, _reason(e)))
+            continue
+        if bad:
+            _report_fallback(mngr, bad, step, move_aside)
+        return state, meta
+    # Every step failed: more likely a mismatch with this program (devices, shapes, orbax
+    # version) than all of them being damaged, so nothing is moved.
+    raise UserError(
+        f"no checkpoint in {mngr.directory} can be read (step {bad[0][0]}: {bad[0][1]}): "
+        "move that folder aside to train from scratch, or restore it from a backup"
+    )
+
+
+def _report_fallback(
+    mngr: ocp.CheckpointManager, bad: list[tuple[int, str]], used: int, move_aside: bool
+) -> None:
+    names = ("step " if len(bad) == 1 else "steps ") + ", ".join(str(s) for s, _ in bad)
+    line = (
+        f"warning: checkpoint {names} in {mngr.directory} cannot be read ({bad[0][1]}); "
+        f"using step {used}"
+    )
+    if move_aside:
+        moved = _move_aside(mngr, [s for s, _ in bad])
+        line += f"; kept as {', '.join(moved)}"
+    if jax.process_index() == 0:
+        print(line, file=sys.stderr, flush=True)

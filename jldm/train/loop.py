@@ -134,7 +134,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, force: bool = False) ->
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
             api.abstract_state(config, model),
         )
-        state, _ = checkpoint.restore(mngr, abstract)
+        # An unreadable latest step falls back to the one before; it is moved aside, not deleted.
+        state, _ = checkpoint.restore_latest(mngr, abstract, move_aside=True)
     else:
         state = init()
     start, total = int(state.step), config.train.steps

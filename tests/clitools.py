@@ -1,0 +1,40 @@
+"""Helpers for tests that run train.py and sample.py as a user does."""
+
+import subprocess
+import sys
+
+from tests.tiny import ROOT, tiny_flags
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python ARGS...` in the repository root and capture its output."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def train_args(workdir, data_dir, *extra: str) -> list[str]:
+    """train.py on the tiny digits config."""
+    return [
+        "train.py",
+        "--config",
+        "configs/digits_ddpm.py",
+        "--workdir",
+        str(workdir),
+        *tiny_flags(str(data_dir)),
+        *extra,
+    ]
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    """Exit code 2 and exactly one stderr line, `error: ...`, containing every word."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    for w in words:
+        assert w in lines[0], lines[0]
