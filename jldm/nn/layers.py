@@ -36,7 +36,7 @@ class TimestepEmbedding(nn.Module):
 
 
 class ResnetBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice, time embedding added in between. x: [B,H,W,C] -> [B,H,W,out]."""
+    """GroupNorm-SiLU-conv twice, time embedding (if any) between. x: [B,H,W,C] -> [B,H,W,out]."""
 
     out_channels: int
     groups: int = 32
@@ -45,11 +45,15 @@ class ResnetBlock(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, temb: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, temb: jax.Array | None = None, train: bool = False
+    ) -> jax.Array:
+        """temb: [B, D], or None for blocks without a time input (the autoencoder's)."""
         h = nn.GroupNorm(self.groups, epsilon=self.eps, dtype=self.dtype, name="norm1")(x)
         h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv1")(nn.silu(h))
-        t = nn.Dense(self.out_channels, dtype=self.dtype, name="time_emb_proj")(nn.silu(temb))
-        h = h + t[:, None, None, :]
+        if temb is not None:
+            t = nn.Dense(self.out_channels, dtype=self.dtype, name="time_emb_proj")(nn.silu(temb))
+            h = h + t[:, None, None, :]
         h = nn.GroupNorm(self.groups, epsilon=self.eps, dtype=self.dtype, name="norm2")(h)
         h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
         h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv2")(h)
