@@ -118,33 +118,52 @@ def test_mismatched_objective_and_sampler_are_user_errors():
         build_loss(_config("ddpm", **{"diffusion.parameterization": "energy"}), None)
 
 
+_RUNS = {"ncsn": ("score", ["als"]), "vpsde": ("energy", ["pc", "em", "ode"])}
+
+
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
+def runs(tmp_path_factory):
+    """Tiny NCSN (score) and VP SDE (energy) runs trained through the loop."""
+    root = tmp_path_factory.mktemp("objectives")
+    data_dir, workdirs = str(root / "tfds"), {}
+    for objective, (parameterization, samplers) in _RUNS.items():
+        over = {
+            "diffusion.objective": objective,
+            "diffusion.parameterization": parameterization,
+            "diffusion.num_scales": 3,
+            "sample.sampler": samplers[0],
+            "sample.steps_per_sigma": 2,
+        }
+        workdirs[objective] = str(root / objective)
+        assert run(tiny_config(data_dir, **over), workdirs[objective])
+    return workdirs
 
 
-@pytest.mark.parametrize(
-    "objective,parameterization,samplers",
-    [("ncsn", "score", ["als"]), ("vpsde", "energy", ["pc", "em", "ode"])],
-)
-def test_train_then_sample_every_sampler_of_the_objective(
-    data_dir, tmp_path, objective, parameterization, samplers
-):
-    over = {
-        "diffusion.objective": objective,
-        "diffusion.parameterization": parameterization,
-        "diffusion.num_scales": 3,
-        "sample.sampler": samplers[0],
-        "sample.steps_per_sigma": 2,
-    }
-    workdir = str(tmp_path / objective)
-    assert run(tiny_config(data_dir, **over), workdir)
-    loaded = api.load(workdir)
+@pytest.mark.parametrize("objective", sorted(_RUNS))
+def test_every_sampler_of_the_objective_is_deterministic_given_a_key(runs, objective):
+    loaded = api.load(runs[objective])
     labels = np.array([0, 3])
-    for sampler in samplers:
+    for sampler in _RUNS[objective][1]:
         x = api.generate(loaded, labels, sampler, steps=2, guidance=2.0, seed=1)
         assert x.shape == (2, 8, 8, 1) and np.isfinite(x).all()
         again = api.generate(loaded, labels, sampler, steps=2, guidance=2.0, seed=1)
         np.testing.assert_array_equal(x, again)
         other = api.generate(loaded, labels, sampler, steps=2, guidance=2.0, seed=2)
         assert np.abs(x - other).max() > 1e-3
+
+
+def test_compare_matches_the_budget_and_reports_bits_per_dim(runs, tmp_path):
+    from jldm.eval import compare
+
+    rows = [compare.compare_one(runs[o], 24, 1, 2.0, 0, 4, bpd_steps=2) for o in sorted(_RUNS)]
+    ncsn, vp = rows
+    # ncsn: 3 sigmas x 3 Langevin steps + the denoising step, doubled by guidance = 20 <= 24
+    assert (ncsn["sampler"], ncsn["nfe"], ncsn["bits_per_dim"]) == ("als", 20, None)
+    # vpsde pc: 12 evaluations per image -> 6 steps of predictor + corrector
+    assert (vp["sampler"], vp["steps"], vp["nfe"]) == ("pc", 6, 24)
+    # an untrained tiny model on a 2-step ODE: only finiteness and sign are meaningful
+    assert 0 < vp["bits_per_dim"] < np.inf and vp["bpd_images"] == 4
+    for r in rows:
+        assert 0 <= r["class_accuracy"] <= 1 and r["frechet"] > 0
+    table = compare.markdown(rows)
+    assert table.count("\n") == 3 and "| ncsn |" in table and "| - |" in table

@@ -1,0 +1,16 @@
+"""VE SDE on Fashion-MNIST: continuous-time DSM, predictor-corrector sampling.
+
+The UNet, data and training budget are those of fashion_ddpm.py; only the objective differs.
+"""
+
+from configs import fashion_ddpm
+
+
+def get_config():
+    c = fashion_ddpm.get_config()
+    c.diffusion.objective = "vesde"
+    c.diffusion.sigma_min = 0.01
+    c.diffusion.sigma_max = 50.0
+    c.sample.sampler = "pc"
+    c.sample.steps = 50
+    return c

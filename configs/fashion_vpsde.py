@@ -1,0 +1,16 @@
+"""VP SDE on Fashion-MNIST: continuous-time DSM, probability-flow ODE sampling.
+
+The UNet, data and training budget are those of fashion_ddpm.py; only the objective differs.
+"""
+
+from configs import fashion_ddpm
+
+
+def get_config():
+    c = fashion_ddpm.get_config()
+    c.diffusion.objective = "vpsde"
+    c.diffusion.beta_min = 0.1
+    c.diffusion.beta_max = 20.0
+    c.sample.sampler = "ode"
+    c.sample.steps = 25
+    return c

@@ -1,0 +1,162 @@
+"""Compare trained runs at one sampling budget: python -m jldm.eval.compare W1 W2 ... --nfe 200.
+
+Every workdir is sampled with its own configured sampler, its step count set so that one image
+costs about --nfe network evaluations (guidance included), the same images per class and seed.
+Prints a Markdown table and writes it with one JSON object per run (OUT.md, OUT.jsonl):
+objective, sampler, NFE, compile and sampling seconds, class accuracy and Frechet distance in
+the project's classifier space, and bits/dim of the test split where the objective defines it.
+"""
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from absl import flags
+
+from jldm import api
+from jldm.cli import run_main
+from jldm.errors import UserError
+
+flags.DEFINE_integer("nfe", 200, "Network evaluations per image, guidance included.")
+flags.DEFINE_integer("per_class", 50, "Samples per class for the quality figures.")
+flags.DEFINE_float("guidance", None, "Guidance scale for every run (default: each config's).")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_integer("bpd_images", 256, "Test images for bits/dim (0 skips it).")
+flags.DEFINE_integer("bpd_steps", 100, "RK4 steps of the likelihood ODE.")
+flags.DEFINE_string("out", "compare", "Output prefix: OUT.md and OUT.jsonl.")
+FLAGS = flags.FLAGS
+
+COLUMNS = [
+    ("run", "{}"),
+    ("objective", "{}"),
+    ("sampler", "{}"),
+    ("nfe", "{}"),
+    ("compile_s", "{:.1f}"),
+    ("sample_s", "{:.2f}"),
+    ("class_accuracy", "{:.3f}"),
+    ("frechet", "{:.2f}"),
+    ("bits_per_dim", "{:.3f}"),
+]
+
+
+def matched_steps(run: api.Loaded, nfe: int, guidance: float) -> tuple[api.Loaded, int]:
+    """The run (its sample settings adjusted) and step count whose cost is about nfe per image."""
+    config = run.config.copy_and_resolve_references()
+    s = config.sample
+    per = max(1, nfe // (1 if guidance == 1.0 else 2))
+    steps = s.steps
+    if s.sampler == "ddim" or s.sampler == "em":
+        steps = per
+    elif s.sampler == "pc":
+        steps = max(1, per // (1 + s.corrector_steps))
+    elif s.sampler == "ode":
+        steps = max(1, per // (4 if s.ode_method == "rk4" else 2))
+    elif s.sampler == "als":
+        s.steps_per_sigma = max(1, (per - 1) // config.diffusion.num_scales)
+    # ddpm runs every one of its T steps: its NFE is reported as it is.
+    return run._replace(config=config), steps
+
+
+def compare_one(
+    workdir: str,
+    nfe: int,
+    per_class: int,
+    guidance: float | None,
+    seed: int,
+    bpd_images: int,
+    bpd_steps: int = 100,
+) -> dict:
+    """One row of the table for the run in workdir (guidance None: the run's config)."""
+    from jldm.data import load_split, preprocess, to_unit
+    from jldm.eval.quality import sample_quality
+
+    run = api.load(workdir)
+    d, s = run.config.data, run.config.sample
+    g = s.guidance if guidance is None else guidance
+    run, steps = matched_steps(run, nfe, g)
+    labels = np.repeat(np.arange(d.num_classes, dtype=np.int32), per_class)
+    go = api.make_generator(run, labels, s.sampler, steps, g, s.eta)
+    key = jax.random.PRNGKey(seed)
+    t0 = time.perf_counter()
+    compiled = go.lower(key).compile()
+    t1 = time.perf_counter()
+    x = jax.block_until_ready(compiled(key))
+    t2 = time.perf_counter()
+    images = to_unit(np.clip(np.asarray(x), -1.0, 1.0))
+    row = {
+        "run": os.path.basename(os.path.normpath(workdir)),
+        "workdir": workdir,
+        "step": run.step,
+        "objective": run.config.diffusion.objective,
+        "parameterization": run.config.diffusion.parameterization,
+        "sampler": s.sampler,
+        "steps": steps,
+        "nfe": api.sampler_nfe(run.config, s.sampler, steps, g),
+        "guidance": g,
+        "compile_s": t1 - t0,
+        "sample_s": t2 - t1,
+        "num_samples": len(labels),
+        "bits_per_dim": None,
+    }
+    if d.name in ("digits", "fashion_mnist"):
+        q = sample_quality(images, labels, d.name, d.data_dir, d.fashion_dir)
+        row.update(class_accuracy=q["class_accuracy"], frechet=q["frechet"])
+    if bpd_images > 0 and run.config.diffusion.objective.endswith("sde"):
+        test = load_split(d.name, "test", d.data_dir, d.fashion_dir)
+        x01 = to_unit(preprocess(test.images[:bpd_images], d.resolution))
+        u8 = np.round(x01 * 255.0).astype(np.uint8)  # the test split rendered at 8 bits
+        bpd = api.bits_per_dim(run, u8, seed=seed, steps=bpd_steps)
+        row.update(bits_per_dim=float(np.mean(bpd)), bpd_images=len(bpd))
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    """The table of rows as Markdown; missing figures show as '-'."""
+    lines = [
+        "| " + " | ".join(name for name, _ in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for r in rows:
+        cells = [fmt.format(r[n]) if r.get(n) is not None else "-" for n, fmt in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(workdirs: list[str]) -> None:
+    if not workdirs:
+        raise UserError("compare needs workdirs: python -m jldm.eval.compare RUN1 RUN2 ...")
+    if FLAGS.nfe < 1 or FLAGS.per_class < 1:
+        raise UserError("--nfe and --per_class must be >= 1")
+    missing = [w for w in workdirs if not os.path.isdir(w)]
+    if missing:
+        raise UserError(f"workdir {missing[0]} does not exist: pass folders written by train.py")
+    rows = []
+    for w in workdirs:
+        row = compare_one(
+            os.path.abspath(w),
+            FLAGS.nfe,
+            FLAGS.per_class,
+            FLAGS.guidance,
+            FLAGS.seed,
+            FLAGS.bpd_images,
+            FLAGS.bpd_steps,
+        )
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    table = markdown(rows)
+    out = os.path.abspath(FLAGS.out)
+    try:
+        with open(out + ".md", "w") as f:
+            f.write(table + "\n")
+        with open(out + ".jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    except OSError as e:
+        raise UserError(f"cannot write {out}.md ({e.strerror}): pick another --out") from None
+    print(table)
+    print(f"table: {out}.md {out}.jsonl")
+
+
+if __name__ == "__main__":
+    run_main(main, positional=True)
