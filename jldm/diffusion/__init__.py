@@ -22,6 +22,19 @@ from jldm.diffusion.score_samplers import (
 )
 from jldm.diffusion.sde import SDE, VESDE, VPSDE, SubVPSDE
 from jldm.diffusion.toy import GaussianMixture, gaussian_mixture, ring
+from jldm.diffusion.vae_losses import (
+    adaptive_weight,
+    adversarial_factor,
+    bernoulli_log_likelihood,
+    gaussian_kl,
+    gaussian_log_likelihood,
+    generator_adversarial_loss,
+    hinge_discriminator_loss,
+    make_autoencoder_loss,
+    make_elbo_loss,
+    perceptual_distance,
+    reconstruction_loss,
+)
 
 __all__ = [
     "SDE",
@@ -29,17 +42,26 @@ __all__ = [
     "VPSDE",
     "GaussianMixture",
     "SubVPSDE",
+    "adaptive_weight",
+    "adversarial_factor",
     "annealed_langevin",
     "as_score",
+    "bernoulli_log_likelihood",
     "bits_per_dim",
     "dequantize",
     "euler_maruyama",
     "exact_trace",
+    "gaussian_kl",
+    "gaussian_log_likelihood",
     "gaussian_mixture",
+    "generator_adversarial_loss",
     "geometric_sigmas",
+    "hinge_discriminator_loss",
     "langevin",
     "langevin_corrector",
+    "make_autoencoder_loss",
     "make_dsm_loss",
+    "make_elbo_loss",
     "make_esm_loss",
     "make_ism_loss",
     "make_ncsn_loss",
@@ -49,6 +71,8 @@ __all__ = [
     "ode_sample",
     "odeint_fixed",
     "pc_sample",
+    "perceptual_distance",
+    "reconstruction_loss",
     "ring",
     "sample_probe",
 ]
