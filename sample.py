@@ -29,7 +29,44 @@ flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string(
     "out", None, "Output prefix: writes OUT.png and OUT.npz (default WORKDIR/samples)."
 )
+flags.DEFINE_multi_string(
+    "prompt", None, "Text prompt of a text-conditional run (repeat the flag for several)."
+)
+flags.DEFINE_string(
+    "source", None, "Inpainting: the image to complete (.png, or .npy [H,W,C] in [0,1])."
+)
+flags.DEFINE_string(
+    "mask", None, "Inpainting: which pixels of --source to keep (.png or .npy [H,W], nonzero)."
+)
+flags.DEFINE_string(
+    "low_res",
+    None,
+    "Super-resolution runs: the low-resolution image to sharpen (.png, or .npy [h,w,C] in [0,1]).",
+)
 flags.DEFINE_bool("metrics", True, "Print class accuracy and Frechet distance where defined.")
+flags.DEFINE_string(
+    "pretrained",
+    None,
+    "Text-to-image from a diffusers Stable Diffusion folder (unet/ vae/ text_encoder/ "
+    "tokenizer/ scheduler/) instead of a --workdir; prompts from --prompt.",
+)
+flags.DEFINE_multi_string(
+    "negative_prompt", None, "--pretrained: negative prompt, one for all or one per --prompt."
+)
+flags.DEFINE_integer("height", None, "--pretrained: image height (default: the model's).")
+flags.DEFINE_integer("width", None, "--pretrained: image width (default: the model's).")
+flags.DEFINE_string(
+    "pretrained_cache",
+    None,
+    "--pretrained: where the converted Orbax checkpoint is kept (default DIR/jldm-orbax; "
+    "'none' to convert every time).",
+)
+flags.DEFINE_enum(
+    "precision",
+    "auto",
+    ["auto", "float32", "bfloat16"],
+    "--pretrained compute dtype; auto = bfloat16 on GPU/TPU, float32 on CPU.",
+)
 FLAGS = flags.FLAGS
 
 _QUALITY_DATASETS = ("digits", "fashion_mnist")
@@ -68,6 +105,84 @@ def _writable_prefix(out: str) -> str:
     return out
 
 
+def _read_image(path: str, flag: str, channels: int | None):
+    """A .png or .npy file -> float32 [H, W, C] in [0, 1] ([H, W] for channels None)."""
+    import numpy as np
+
+    from jldm.errors import UserError
+
+    try:
+        if path.endswith(".npy"):
+            a = np.load(path).astype(np.float32)
+        else:
+            from PIL import Image
+
+            a = np.asarray(Image.open(path).convert("L" if channels in (1, None) else "RGB"))
+            a = a.astype(np.float32) / 255.0
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {flag} {path} ({e}): pass a .png or .npy file") from None
+    if channels is not None and a.ndim == 2:
+        a = a[..., None]
+    return a
+
+
+def _known(run, n: int):
+    """(images [n,H,W,C] in [-1, 1], mask [n,H,W,1]) from --source and --mask, or None."""
+    import numpy as np
+
+    from jldm.errors import UserError
+
+    if FLAGS.source is None and FLAGS.mask is None:
+        return None
+    if FLAGS.source is None or FLAGS.mask is None:
+        raise UserError("inpainting needs both --source IMAGE and --mask MASK")
+    d = run.config.data
+    src = _read_image(FLAGS.source, "--source", d.channels)
+    mask = _read_image(FLAGS.mask, "--mask", None)
+    want = (d.resolution, d.resolution)
+    if src.shape != want + (d.channels,):
+        raise UserError(
+            f"--source is {src.shape}, the run samples {want + (d.channels,)}: resize it"
+        )
+    if mask.shape != want:
+        raise UserError(f"--mask is {mask.shape}, expected {want} (nonzero = keep): resize it")
+    keep = (mask > 0).astype(np.float32)[..., None]
+    images = np.broadcast_to(src * 2.0 - 1.0, (n, *src.shape))
+    return images, np.broadcast_to(keep, (n, *keep.shape))
+
+
+def _sample_pretrained() -> None:
+    """sample.py --pretrained DIR --prompt TEXT ...: text-to-image with imported SD weights."""
+    from jldm.errors import UserError
+    from jldm.pretrained import sample_pretrained
+
+    if FLAGS.workdir is not None:
+        raise UserError("pass either --workdir or --pretrained, not both")
+    if not FLAGS.prompt:
+        raise UserError("--pretrained needs --prompt TEXT (repeat it for several prompts)")
+    if FLAGS.out is None:
+        raise UserError("--pretrained needs --out OUT.png")
+    out = _writable_prefix(FLAGS.out[:-4] if FLAGS.out.endswith(".png") else FLAGS.out)
+    negative = FLAGS.negative_prompt or [""]
+    cache = FLAGS.pretrained_cache
+    sample_pretrained(
+        FLAGS.pretrained,
+        FLAGS.prompt,
+        out,
+        negative[0] if len(negative) == 1 else negative,
+        steps=FLAGS.steps or 50,
+        guidance=7.5 if FLAGS.guidance is None else FLAGS.guidance,
+        sampler=FLAGS.sampler or "ddim",
+        seed=FLAGS.seed,
+        height=FLAGS.height,
+        width=FLAGS.width,
+        num_per_prompt=FLAGS.num or 1,
+        eta=FLAGS.eta or 0.0,
+        cache=True if cache is None else (False if cache == "none" else cache),
+        precision=FLAGS.precision,
+    )
+
+
 def main() -> None:
     import numpy as np
 
@@ -76,31 +191,56 @@ def main() -> None:
     from jldm.errors import UserError
     from jldm.eval import save_grid
 
+    if FLAGS.pretrained is not None:
+        return _sample_pretrained()
     if FLAGS.workdir is None:
-        raise UserError("sample.py needs --workdir DIR (a folder written by train.py)")
+        raise UserError(
+            "sample.py needs --workdir DIR (a folder written by train.py) or --pretrained DIR"
+        )
     workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
     run = jldm.load(workdir, FLAGS.step)
     out = _writable_prefix(FLAGS.out or os.path.join(workdir, "samples"))
     s, d = run.config.sample, run.config.data
     per_class = FLAGS.num or s.per_class
-    labels = _labels(d.num_classes, FLAGS.classes, per_class)
+    prompts = None
+    if FLAGS.prompt:
+        prompts = [p for p in FLAGS.prompt for _ in range(per_class)]
+        labels = np.full((len(prompts),), -1, np.int32)  # unknown class
+    else:
+        labels = _labels(d.num_classes, FLAGS.classes, per_class)
+    known = _known(run, len(labels))
+    low_res = None
+    if FLAGS.low_res is not None:
+        img = _read_image(FLAGS.low_res, "--low_res", d.channels)
+        low_res = np.broadcast_to(img * 2.0 - 1.0, (len(labels), *img.shape))
     sampler = FLAGS.sampler or s.sampler
     steps = FLAGS.steps or s.steps
     guidance = s.guidance if FLAGS.guidance is None else FLAGS.guidance
     eta = s.eta if FLAGS.eta is None else FLAGS.eta
 
     t0 = time.perf_counter()
-    x = jldm.generate(run, labels, sampler, steps, guidance, FLAGS.seed, eta)
+    x = jldm.generate(
+        run,
+        None if prompts else labels,
+        sampler,
+        steps,
+        guidance,
+        FLAGS.seed,
+        eta,
+        prompts=prompts,
+        known=known,
+        low_res=low_res,
+    )
     seconds = time.perf_counter() - t0
     images = to_unit(x)
     save_grid(images, out + ".png", ncols=per_class)
-    np.savez(out + ".npz", images=images, labels=labels)
+    np.savez(out + ".npz", images=images, labels=labels, prompts=np.asarray(prompts or []))
     nfe = jldm.api.sampler_nfe(run.config, sampler, steps, guidance)
     print(
         f"step {run.step}: {len(labels)} samples, {sampler} ({nfe} NFE), "
         f"guidance {guidance}, {seconds:.1f} s incl. compile"
     )
-    if FLAGS.metrics and d.name in _QUALITY_DATASETS:
+    if FLAGS.metrics and d.name in _QUALITY_DATASETS and not prompts:
         from jldm.eval import sample_quality
 
         q = sample_quality(images, labels, d.name, d.data_dir, d.fashion_dir)

@@ -28,6 +28,19 @@ def get_config() -> ml_collections.ConfigDict:
     m.context_tokens = 1  # class label -> this many context tokens for cross-attention
     m.use_linear_projection = False
     m.dtype = "float32"  # compute dtype; bfloat16 on accelerators
+    m.conditioning = "class"  # class: a label embedding; text: captions through text.*
+    m.low_res_factor = 1  # > 1: super-resolution, conditioned on the image at 1/f resolution
+    # Recompute each ResBlock/transformer in the backward pass: less activation memory for about
+    # one more forward per step; same parameters, same loss.
+    m.remat = False
+
+    # The CLIP-style text encoder of model.conditioning=text (trained jointly with the UNet).
+    c.text = x = ml_collections.ConfigDict()
+    x.tokenizer = ""  # a local tokenizer folder; empty: built from the dataset's captions
+    x.max_length = 16
+    x.width = 64
+    x.layers = 2
+    x.heads = 4
 
     c.diffusion = f = ml_collections.ConfigDict()
     # ddpm: discrete-time noise prediction. Score objectives on the same UNet: ncsn (DSM over a
@@ -62,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
     t.keep_checkpoints = 3
     t.log_every = 50
     t.skip_nonfinite = False  # True: skip NaN/Inf steps and count them instead of stopping
+    # FSDP-style: split params, EMA and optimizer state over the devices (largest divisible
+    # axis of each big leaf) instead of a full copy on each; same updates, less memory/device.
+    t.shard_params = False
 
     c.sample = s = ml_collections.ConfigDict()
     # ddpm objective: ddpm | ddim; ncsn: als (annealed Langevin); SDEs: pc | em | ode

@@ -11,18 +11,28 @@ from jldm.diffusion.schedules import Schedule, q_sample, target
 ApplyFn = Callable[..., jax.Array]
 
 
+def drop_condition(key: jax.Array, cond: jax.Array, null, p: float) -> jax.Array:
+    """Replace each example's condition by null with probability p. cond: [B, ...] -> same.
+
+    cond is a class id [B] or a token sequence [B, L]; null is a scalar or one condition [...].
+    """
+    drop = jax.random.bernoulli(key, p, cond.shape[:1]).reshape((-1,) + (1,) * (cond.ndim - 1))
+    return jnp.where(drop, jnp.asarray(null, cond.dtype), cond)
+
+
 def make_ddpm_loss(
     apply_fn: ApplyFn,
     schedule: Schedule,
     prediction: str = "eps",
-    null_label: int | None = None,
+    null_label=None,
     cond_drop: float = 0.0,
 ) -> Callable:
     """DDPM regression loss: |target - f(x_t, t, y)|^2 with target eps, x0 or v.
 
     Returns loss_fn(params, rng, batch) -> (loss, metrics), batch = {"image": [B,H,W,C] in
-    [-1, 1], "label": [B] int}. With cond_drop > 0, labels are replaced by `null_label` with
-    that probability, which trains the unconditional model for classifier-free guidance.
+    [-1, 1], "label": [B] class ids or [B, L] token ids}. With cond_drop > 0, an example's
+    condition is replaced by `null_label` (a class id, or the empty prompt's ids [L]) with that
+    probability, which trains the unconditional model for classifier-free guidance.
     """
     if cond_drop > 0 and null_label is None:
         raise ValueError("cond_drop > 0 needs a null_label")
@@ -34,8 +44,7 @@ def make_ddpm_loss(
         noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
         x_t = q_sample(schedule, x0, t, noise)
         if cond_drop > 0:
-            drop = jax.random.bernoulli(k_drop, cond_drop, labels.shape)
-            labels = jnp.where(drop, null_label, labels)
+            labels = drop_condition(k_drop, labels, null_label, cond_drop)
         out = apply_fn(params, x_t, t, labels, True, {"dropout": k_dropout})
         err = jnp.square(out - target(schedule, x0, t, noise, prediction))
         loss = jnp.mean(err)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jldm.diffusion.schedules import Schedule, predict_x0_eps
+from jldm.diffusion.schedules import Schedule, predict_x0_eps, q_sample
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -61,6 +61,26 @@ def ddpm_step(
     return mean + jnp.where(t > 0, jnp.sqrt(var), 0.0) * noise
 
 
+Known = tuple[jax.Array, jax.Array]  # (x0_known [B,...], mask [B,...] or broadcastable; 1 = keep)
+
+
+def paste_known(
+    schedule: Schedule, x: jax.Array, known: Known | None, t_prev: jax.Array, key: jax.Array
+) -> jax.Array:
+    """Inpainting: put the known region, noised to t_prev by q, back into x (t_prev < 0: clean).
+
+    Every step then denoises the unknown region in the context of a correctly noised known one,
+    and the final x_0 holds the known pixels exactly.
+    """
+    if known is None:
+        return x
+    x0_known, mask = known
+    tb = jnp.full((x.shape[0],), jnp.maximum(t_prev, 0))
+    noised = q_sample(schedule, x0_known, tb, jax.random.normal(key, x.shape))
+    keep = jnp.where(t_prev >= 0, noised, x0_known)
+    return mask * keep + (1.0 - mask) * x
+
+
 def ddpm_sample(
     model_fn: ModelFn,
     schedule: Schedule,
@@ -68,15 +88,20 @@ def ddpm_sample(
     shape: tuple[int, ...],
     prediction: str = "eps",
     clip_x0: bool = True,
+    known: Known | None = None,
 ) -> jax.Array:
-    """Ancestral sampling over all T steps from x_T ~ N(0, I). -> x_0: shape."""
-    k_init, k_steps = jax.random.split(key)
+    """Ancestral sampling over all T steps from x_T ~ N(0, I). -> x_0: shape.
+
+    known: (x0_known, mask) keeps the masked region (inpainting, see paste_known).
+    """
+    k_init, k_steps, k_known = jax.random.split(key, 3)
     x = jax.random.normal(k_init, shape)
 
     def body(x, t):
         out = model_fn(x, jnp.full((shape[0],), t))
         noise = jax.random.normal(jax.random.fold_in(k_steps, t), shape)
-        return ddpm_step(schedule, x, t, out, noise, prediction, clip_x0), None
+        x = ddpm_step(schedule, x, t, out, noise, prediction, clip_x0)
+        return paste_known(schedule, x, known, t - 1, jax.random.fold_in(k_known, t)), None
 
     ts = jnp.arange(schedule.num_timesteps - 1, -1, -1)
     x, _ = jax.lax.scan(body, x, ts)
@@ -123,9 +148,13 @@ def ddim_sample(
     prediction: str = "eps",
     clip_x0: bool = True,
     x_T: jax.Array | None = None,
+    known: Known | None = None,
 ) -> jax.Array:
-    """DDIM from x_T (drawn from N(0, I) unless given); eta=0 is deterministic. -> x_0."""
-    k_init, k_steps = jax.random.split(key)
+    """DDIM from x_T (drawn from N(0, I) unless given); eta=0 is deterministic. -> x_0.
+
+    known: (x0_known, mask) keeps the masked region (inpainting, see paste_known).
+    """
+    k_init, k_steps, k_known = jax.random.split(key, 3)
     x = jax.random.normal(k_init, shape) if x_T is None else x_T
     ts = ddim_timesteps(schedule.num_timesteps, steps)
     pairs = jnp.asarray(np.stack([ts, np.append(ts[1:], -1)], axis=1))
@@ -134,7 +163,8 @@ def ddim_sample(
         t, t_prev = tt[0], tt[1]
         out = model_fn(x, jnp.full((shape[0],), t))
         noise = jax.random.normal(jax.random.fold_in(k_steps, t), shape)
-        return ddim_step(schedule, x, t, t_prev, out, noise, eta, prediction, clip_x0), None
+        x = ddim_step(schedule, x, t, t_prev, out, noise, eta, prediction, clip_x0)
+        return paste_known(schedule, x, known, t_prev, jax.random.fold_in(k_known, t)), None
 
     x, _ = jax.lax.scan(body, x, pairs)
     return x

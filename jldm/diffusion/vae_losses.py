@@ -102,7 +102,10 @@ def reconstruction_loss(x: jax.Array, recon: jax.Array, kind: str = "l1") -> jax
 
 
 def _unit_channels(f: jax.Array, eps: float) -> jax.Array:
-    return f / (jnp.sqrt(jnp.sum(jnp.square(f), axis=-1, keepdims=True)) + eps)
+    # eps inside the root too: ReLU features are often all zero at a pixel, where the
+    # derivative of sqrt is infinite and the gradient would be NaN.
+    sq = jnp.sum(jnp.square(f), axis=-1, keepdims=True)
+    return f / (jnp.sqrt(sq + eps * eps) + eps)
 
 
 def perceptual_distance(

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jldm.nn.conditioning import ClassEmbedder
+from jldm.nn.text_encoder import CLIPTextEncoder
 from jldm.nn.unet import UNet
 
 
@@ -17,6 +18,7 @@ class ClassConditionalUNet(nn.Module):
     num_classes: int
     context_dim: int
     context_tokens: int = 1
+    out_channels: int | None = None  # default x's channels; fewer when x carries a condition
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -30,6 +32,31 @@ class ClassConditionalUNet(nn.Module):
             dtype=self.dtype,
             name="class_embedder",
         )(labels)
-        return UNet(out_channels=x.shape[-1], dtype=self.dtype, name="unet", **self.unet)(
+        out = self.out_channels or x.shape[-1]
+        return UNet(out_channels=out, dtype=self.dtype, name="unet", **self.unet)(
             x, t, context, None, train
+        )
+
+
+class TextConditionalUNet(nn.Module):
+    """eps(x_t, t | prompt): a CLIP-style text encoder's hidden states are the cross-attention
+    context, pad tokens masked out. x: [B,H,W,C], t: [B], ids: [B,L] int -> [B,H,W,out]."""
+
+    unet: dict[str, Any]
+    text: dict[str, Any]
+    pad_id: int = 0
+    out_channels: int | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, t: jax.Array, ids: jax.Array, train: bool = False
+    ) -> jax.Array:
+        mask = ids != self.pad_id
+        context = CLIPTextEncoder(dtype=self.dtype, name="text_encoder", **self.text)(
+            ids, mask.astype(jnp.int32)
+        ).last_hidden_state
+        out = self.out_channels or x.shape[-1]
+        return UNet(out_channels=out, dtype=self.dtype, name="unet", **self.unet)(
+            x, t, context, mask, train
         )

@@ -9,7 +9,7 @@ import ml_collections
 from jldm.errors import UserError
 
 # Sections that define what a checkpoint is; a workdir keeps them fixed across restarts.
-_ARCHITECTURE = ("model", "diffusion", "data")
+_ARCHITECTURE = ("model", "diffusion", "data", "text", "stage1")
 
 
 _ADDED_DEFAULTS = {"objective": "ddpm", "parameterization": "score"}

@@ -1,27 +1,62 @@
 """Config -> model, schedule and loss: the one place that reads model and diffusion settings."""
 
+import functools
+import os
+
+import jax
 import jax.numpy as jnp
 import ml_collections
 
 from jldm.diffusion.losses import make_ddpm_loss
 from jldm.diffusion.schedules import Schedule, make_schedule
 from jldm.errors import UserError
-from jldm.nn.models import ClassConditionalUNet
+from jldm.nn.models import ClassConditionalUNet, TextConditionalUNet
 from jldm.train.objectives import check_objective, make_score_loss
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-def build_model(config: ml_collections.ConfigDict) -> ClassConditionalUNet:
-    """The class-conditional UNet described by config.model and config.data."""
+def is_latent(config: ml_collections.ConfigDict) -> bool:
+    """A latent diffusion config: the UNet works on a stage-1 autoencoder's latents."""
+    return "stage1" in config
+
+
+def model_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
+    """(resolution, channels) of what the UNet denoises: pixels, or latents for an LDM."""
+    d = config.data
+    if not is_latent(config):
+        return d.resolution, d.channels
+    a = config.stage1
+    f = 2 ** (len(a.channel_mult) - 1)
+    if d.resolution % f:
+        raise UserError(
+            f"data.resolution={d.resolution} is not divisible by the autoencoder's downsampling "
+            f"{f}: pick a multiple of it or change stage1.channel_mult"
+        )
+    return d.resolution // f, a.latent_channels
+
+
+def dummy_condition(config: ml_collections.ConfigDict) -> jnp.ndarray:
+    """One condition for shape inference: a class id [1] or a token sequence [1, L]."""
+    if config.model.get("conditioning", "class") == "text":
+        return jnp.zeros((1, config.text.max_length), jnp.int32)
+    return jnp.zeros((1,), jnp.int32)
+
+
+def build_model(config: ml_collections.ConfigDict):
+    """The class- or text-conditional UNet described by config.model (and config.text)."""
     m = config.model
     if m.dtype not in _DTYPES:
         raise UserError(f"model.dtype={m.dtype!r} is not known: use one of {sorted(_DTYPES)}")
+    conditioning = m.get("conditioning", "class")
+    if conditioning not in ("class", "text"):
+        raise UserError(f"model.conditioning={conditioning!r}: use class or text")
     levels = len(m.channel_mult)
-    res = config.data.resolution
+    res, _ = model_shape(config)
     if res % 2 ** (levels - 1):
+        what = "latent resolution" if is_latent(config) else "data.resolution"
         raise UserError(
-            f"data.resolution={res} is not divisible by the UNet's downsampling "
+            f"{what}={res} is not divisible by the UNet's downsampling "
             f"{2 ** (levels - 1)}: pick a multiple of it or change model.channel_mult"
         )
     for level in m.attention_levels:
@@ -37,9 +72,22 @@ def build_model(config: ml_collections.ConfigDict) -> ClassConditionalUNet:
         norm_groups=m.norm_groups,
         dropout=m.dropout,
         use_linear_projection=m.use_linear_projection,
+        remat=m.get("remat", False),  # runs saved before the option existed have no key
     )
+    if conditioning == "text":
+        t = config.text
+        text = dict(
+            vocab_size=text_tokenizer(config).vocab_size,
+            hidden_size=t.width,
+            intermediate_size=4 * t.width,
+            num_layers=t.layers,
+            num_heads=t.heads,
+            max_position_embeddings=t.max_length,
+        )
+        return TextConditionalUNet(unet=unet, text=text, dtype=_DTYPES[m.dtype])
     return ClassConditionalUNet(
         unet=unet,
+        out_channels=model_shape(config)[1],
         num_classes=config.data.num_classes,
         context_dim=m.context_dim,
         context_tokens=m.context_tokens,
@@ -56,21 +104,87 @@ def build_schedule(config: ml_collections.ConfigDict) -> Schedule:
         raise UserError(f"diffusion.schedule: {e}") from None
 
 
-def build_loss(config: ml_collections.ConfigDict, model: ClassConditionalUNet):
+def null_condition(config: ml_collections.ConfigDict):
+    """The unconditional input: the null class id, or the empty prompt's token ids [L]."""
+    if config.model.get("conditioning", "class") == "text":
+        return text_tokenizer(config).encode([""], config.text.max_length)[0][0]
+    return config.data.num_classes
+
+
+def text_tokenizer(config: ml_collections.ConfigDict):
+    """The caption tokenizer: loaded from text.tokenizer, or built from the dataset captions."""
+    from jldm.data.captions import CaptionTokenizer
+
+    path = config.text.tokenizer
+    if not path:
+        return _built_tokenizer()
+    try:
+        return CaptionTokenizer.load(os.path.expanduser(path))
+    except FileNotFoundError as e:
+        raise UserError(f"text.tokenizer: {e}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _built_tokenizer():
+    from jldm.data.captions import build_tokenizer
+
+    return build_tokenizer()
+
+
+def sr_factor(config: ml_collections.ConfigDict) -> int:
+    """Super-resolution factor f: the UNet also sees the image at 1/f resolution (1: off)."""
+    f = config.model.get("low_res_factor", 1)
+    if f > 1 and (config.data.resolution % f or is_latent(config)):
+        raise UserError(
+            f"model.low_res_factor={f} needs a pixel-space run whose data.resolution is a "
+            "multiple of it"
+        )
+    return f
+
+
+def downsample(images: jnp.ndarray, factor: int) -> jnp.ndarray:
+    """Area-average images [N,H,W,C] by factor -> [N,H/f,W/f,C]: the super-resolution input."""
+    n, h, w, c = images.shape
+    return images.reshape(n, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+
+
+def upsample(low: jnp.ndarray, resolution: int) -> jnp.ndarray:
+    """Bilinear resize of low-resolution images [N,h,w,C] to [N,R,R,C], the UNet's extra input."""
+    n, _, _, c = low.shape
+    return jax.image.resize(low, (n, resolution, resolution, c), "linear")
+
+
+def build_loss(config: ml_collections.ConfigDict, model):
     """loss_fn(params, rng, batch) -> (loss, metrics) for config.diffusion."""
     check_objective(config)
+    null = null_condition(config)
+    factor = sr_factor(config)
     if config.diffusion.objective != "ddpm":
-        return make_score_loss(config, model)
+        if factor > 1:
+            raise UserError("model.low_res_factor > 1 (super-resolution) needs objective=ddpm")
+        return make_score_loss(config, model, null)
     if config.diffusion.prediction not in ("eps", "x0", "v"):
         raise UserError(f"diffusion.prediction={config.diffusion.prediction!r}: use eps, x0 or v")
 
-    def apply_fn(params, x, t, labels, train, rngs):
-        return model.apply({"params": params}, x, t, labels, train, rngs=rngs)
+    def loss_for(extra):
+        def apply_fn(params, x, t, labels, train, rngs):
+            if extra is not None:
+                x = jnp.concatenate([x, extra], axis=-1)
+            return model.apply({"params": params}, x, t, labels, train, rngs=rngs)
 
-    return make_ddpm_loss(
-        apply_fn,
-        build_schedule(config),
-        config.diffusion.prediction,
-        null_label=config.data.num_classes,
-        cond_drop=config.diffusion.cond_drop,
-    )
+        return make_ddpm_loss(
+            apply_fn,
+            build_schedule(config),
+            config.diffusion.prediction,
+            null_label=null,
+            cond_drop=config.diffusion.cond_drop,
+        )
+
+    if factor == 1:
+        return loss_for(None)
+
+    def sr_loss(params, rng, batch):
+        x = batch["image"]
+        return loss_for(upsample(downsample(x, factor), x.shape[1]))(params, rng, batch)
+
+    return sr_loss

@@ -17,12 +17,25 @@ from jldm.data import batches_for, load_split, preprocess, to_unit
 from jldm.errors import UserError
 from jldm.eval import save_grid
 from jldm.train import checkpoint
+from jldm.train.conditions import condition_fn
 from jldm.train.config_io import write_config
-from jldm.train.factory import build_loss, build_model
+from jldm.train.factory import build_loss, build_model, is_latent
 from jldm.train.metrics_log import MetricWriter
-from jldm.train.sharding import batch_sharding, check_batch, make_mesh, replicated, to_global
+from jldm.train.sharding import batch_sharding, check_batch, make_mesh, state_sharding, to_global
 from jldm.train.state import create_state, make_optimizer
 from jldm.train.step import make_train_step, mean_metrics
+
+
+def load_training_images(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
+    """config.data's train split: images [N,R,R,C] in [-1, 1] and labels [N] int32."""
+    d = config.data
+    split = load_split(d.name, "train", d.data_dir, d.fashion_dir)
+    if split.images.shape[-1] != d.channels or split.num_classes != d.num_classes:
+        raise UserError(
+            f"dataset {d.name!r} has {split.images.shape[-1]} channels and {split.num_classes} "
+            f"classes: set data.channels and data.num_classes to match"
+        )
+    return preprocess(split.images, d.resolution), split.labels.astype(np.int32)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -45,8 +58,8 @@ class _Feeder:
     The rows for step s depend only on (seed, s), so a resumed run sees the same data.
     """
 
-    def __init__(self, images, labels, config, sharding, start, stop):
-        self.images, self.labels = images, labels
+    def __init__(self, images, labels, config, sharding, start, stop, cond_fn=None):
+        self.images, self.labels, self.cond_fn = images, labels, cond_fn
         self.seed, self.k = config.seed, config.train.steps_per_call
         self.batch = config.train.batch_size
         self.sharding = sharding
@@ -64,9 +77,12 @@ class _Feeder:
             jax.process_index(),
             jax.process_count(),
         )
+        labels = self.labels[idx]
+        if self.cond_fn is not None:
+            labels = self.cond_fn(step, labels)
         return {
             "image": to_global(self.images[idx], self.sharding),
-            "label": to_global(self.labels[idx], self.sharding),
+            "label": to_global(labels, self.sharding),
         }
 
     def _run(self, start: int, stop: int) -> None:
@@ -99,40 +115,50 @@ def _stop_requests():
             signal.signal(s, h)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, force: bool = False) -> bool:
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    force: bool = False,
+    data: tuple[np.ndarray, np.ndarray] | None = None,
+    meta: dict | None = None,
+) -> bool:
     """Train config in workdir, resuming from its latest checkpoint.
+
+    data: (inputs [N,H,W,C] in model space, labels [N]) to train on instead of config.data's
+    dataset (latent diffusion passes its scaled latents); meta: extra JSON kept with every
+    checkpoint. A latent diffusion config runs both of its stages (jldm.train.ldm).
 
     Returns True when train.steps are done, False when stopped early by SIGTERM/SIGINT (after
     writing a checkpoint). Raises TrainingDiverged on a NaN/Inf step unless
     train.skip_nonfinite, without writing the poisoned state.
     """
     check_config(config)
+    if is_latent(config) and data is None:
+        from jldm.train import ldm
+
+        return ldm.run(config, workdir, force)
     model = build_model(config)
     loss_fn = build_loss(config, model)
     mesh = make_mesh()
     check_batch(config.train.batch_size, mesh)
-    d = config.data
-    split = load_split(d.name, "train", d.data_dir, d.fashion_dir)
-    if split.images.shape[-1] != d.channels or split.num_classes != d.num_classes:
-        raise UserError(
-            f"dataset {d.name!r} has {split.images.shape[-1]} channels and {split.num_classes} "
-            f"classes: set data.channels and data.num_classes to match"
-        )
+    if data is None:
+        data = load_training_images(config)
     main = jax.process_index() == 0
     if main:
         write_config(workdir, config, force)
 
     tx = make_optimizer(config.train)
-    rep = replicated(mesh)
+    shapes = api.abstract_state(config, model)
+    # Replicated, or split over the devices with train.shard_params (FSDP).
+    shardings = state_sharding(shapes, mesh, config.train.get("shard_params", False))
     init = jax.jit(
         lambda: create_state(lambda k: api.init_params(model, config, k), tx, config.seed),
-        out_shardings=rep,
+        out_shardings=shardings,
     )
     mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
     if mngr.latest_step() is not None:
         abstract = jax.tree_util.tree_map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
-            api.abstract_state(config, model),
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
         )
         # An unreadable latest step falls back to the one before; it is moved aside, not deleted.
         state, _ = checkpoint.restore_latest(mngr, abstract, move_aside=True)
@@ -144,11 +170,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, force: bool = False) ->
             print(f"{workdir}: already trained to step {start} (train.steps={total})")
         return True
 
-    images = preprocess(split.images, d.resolution)
-    labels = split.labels.astype(np.int32)
+    images, labels = data
     skip = config.train.skip_nonfinite
-    train_step = make_train_step(loss_fn, tx, config.train.ema_decay, mesh, skip)
-    feeder = _Feeder(images, labels, config, batch_sharding(mesh, 1), start, total)
+    train_step = make_train_step(loss_fn, tx, config.train.ema_decay, mesh, skip, shardings)
+    feeder = _Feeder(
+        images, labels, config, batch_sharding(mesh, 1), start, total, condition_fn(config)
+    )
     writer = MetricWriter(workdir, enabled=main)
     k = config.train.steps_per_call
     bar = tqdm(total=total, initial=start, unit="step", disable=not main, dynamic_ncols=True)
@@ -178,7 +205,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, force: bool = False) ->
                 writer.write(done, scalars)
                 bar.set_postfix(loss=f"{scalars['loss']:.4f}")
             if done % config.train.checkpoint_every == 0 or done == total or stop:
-                checkpoint.save(mngr, state, {"step": done, "data_step": done})
+                checkpoint.save(mngr, state, {**(meta or {}), "step": done, "data_step": done})
             if stop:
                 break
     bar.close()
@@ -191,16 +218,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, force: bool = False) ->
             print(f"stopped by {name} at step {done}: checkpoint saved, rerun to resume")
         return False
     if main:
-        _final_grid(config, model, state, workdir)
+        _final_grid(config, workdir)
     return True
 
 
-def _final_grid(config, model, state, workdir: str) -> None:
-    """A grid of EMA samples, one row per class, as WORKDIR/samples_final.png."""
+def _final_grid(config, workdir: str) -> None:
+    """A grid of EMA samples from the saved run, one row per class: WORKDIR/samples_final.png."""
     s, d = config.sample, config.data
-    loaded = api.Loaded(
-        config, model, jax.device_get(state.ema_params), api.build_schedule(config), int(state.step)
-    )
+    loaded = api.load(workdir)
     labels = np.repeat(np.arange(d.num_classes), s.per_class)
     x = api.generate(loaded, labels, s.sampler, s.steps, s.guidance, config.seed, s.eta)
     path = os.path.join(workdir, "samples_final.png")

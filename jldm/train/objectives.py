@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jldm.diffusion import score_losses
+from jldm.diffusion.losses import drop_condition
 from jldm.diffusion.sde import SDE, VESDE, VPSDE, SubVPSDE
 from jldm.errors import UserError
 
@@ -111,7 +112,7 @@ def make_score_net(config: ml_collections.ConfigDict, model) -> ScoreNet:
     return score
 
 
-def make_score_loss(config: ml_collections.ConfigDict, model) -> Callable:
+def make_score_loss(config: ml_collections.ConfigDict, model, null=None) -> Callable:
     """loss_fn(params, rng, batch) -> (loss, metrics) for a score objective on image batches.
 
     batch = {"image": [B,H,W,C] in [-1, 1], "label": [B]}; labels become the null class with
@@ -120,14 +121,13 @@ def make_score_loss(config: ml_collections.ConfigDict, model) -> Callable:
     """
     f = config.diffusion
     net = make_score_net(config, model)
-    null = config.data.num_classes
+    null = config.data.num_classes if null is None else null
 
     def loss_fn(params, rng, batch):
         k_drop, k_dropout, k_loss = jax.random.split(rng, 3)
         labels = batch["label"]
         if f.cond_drop > 0:
-            drop = jax.random.bernoulli(k_drop, f.cond_drop, labels.shape)
-            labels = jnp.where(drop, null, labels)
+            labels = drop_condition(k_drop, labels, null, f.cond_drop)
 
         def apply_fn(p, x, c):
             return net(p, x, c, labels, True, {"dropout": k_dropout})

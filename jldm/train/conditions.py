@@ -1,0 +1,48 @@
+"""What the UNet is conditioned on: class ids as they are, or captions of them as token ids."""
+
+from collections.abc import Callable
+
+import ml_collections
+import numpy as np
+
+from jldm.errors import UserError
+from jldm.train.factory import text_tokenizer
+
+
+def caption_table(config: ml_collections.ConfigDict) -> np.ndarray:
+    """Token ids of every (class, template) caption: int32 [num_classes, templates, L]."""
+    from jldm.data import captions
+
+    d, t = config.data, config.text
+    try:
+        k = captions.num_templates(d.name)
+    except (KeyError, ValueError):
+        raise UserError(
+            f"model.conditioning=text needs captions, and dataset {d.name!r} has none: "
+            "use digits or fashion_mnist, or model.conditioning=class"
+        ) from None
+    tok = text_tokenizer(config)
+    rows = [
+        tok.encode([captions.caption(d.name, c, j) for j in range(k)], t.max_length)[0]
+        for c in range(d.num_classes)
+    ]
+    return np.stack(rows).astype(np.int32)
+
+
+def condition_fn(
+    config: ml_collections.ConfigDict,
+) -> Callable[[int, np.ndarray], np.ndarray] | None:
+    """None for class conditioning; for text, (step, labels [...]) -> token ids [..., L].
+
+    Each example gets one of its class's caption templates, drawn from (seed, step), so a
+    resumed run sees the same captions.
+    """
+    if config.model.get("conditioning", "class") != "text":
+        return None
+    table = caption_table(config)
+
+    def fn(step: int, labels: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng([config.seed, step])
+        return table[labels, rng.integers(table.shape[1], size=labels.shape)]
+
+    return fn

@@ -1,0 +1,124 @@
+"""Latent diffusion end to end on a tiny config: stage 1, stage 2 on scaled latents, text
+prompts through sample.py, and inpainting that keeps the known pixels."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import digits_ldm
+from jldm import api
+from jldm.diffusion.samplers import ddim_sample, ddpm_sample
+from jldm.diffusion.schedules import make_schedule
+from jldm.train import ldm
+from jldm.train.loop import load_training_images, run
+from tests.clitools import cli
+from tests.tiny import TINY_FLAGS
+
+
+def tiny_ldm(data_dir: str):
+    c = digits_ldm.get_config()
+    c.data.data_dir = data_dir
+    for key, value in TINY_FLAGS.items():
+        section, name = key.split(".")
+        c[section][name] = value
+    c.data.resolution = 8
+    c.model.channel_mult = (1, 2)
+    c.text.width, c.text.layers, c.text.heads = 16, 2, 2
+    a = c.stage1
+    a.channels, a.channel_mult, a.norm_groups, a.latent_channels = 8, (1, 2), 4, 2
+    a.steps, a.batch_size, a.perceptual_steps, a.disc_start, a.disc_layers = 4, 8, 2, 2, 1
+    a.checkpoint_every, a.log_every = 2, 2
+    return c
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ldm")
+    config = tiny_ldm(str(root / "tfds"))
+    workdir = str(root / "run")
+    assert run(config, workdir)
+    return config, workdir
+
+
+def test_both_stages_checkpoint_and_the_scale_makes_latents_unit_std(trained):
+    config, workdir = trained
+    assert sorted(os.listdir(os.path.join(workdir, "stage1", "checkpoints"))) == ["2", "4"]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+    loaded = api.load(workdir)
+    ae, params, scale = loaded.stage1
+    images, _ = load_training_images(config)
+    latents = ldm.encode(config, params, images)
+    assert latents.shape[1:] == (4, 4, 2)
+    assert abs(float(np.std(latents * scale)) - 1.0) < 1e-3
+
+
+def test_sample_py_draws_an_image_for_a_prompt(trained, tmp_path):
+    _, workdir = trained
+    out = str(tmp_path / "three")
+    proc = cli(
+        "sample.py",
+        "--workdir",
+        workdir,
+        "--prompt",
+        "a handwritten digit three",
+        "--num",
+        "2",
+        "--out",
+        out,
+        "--steps",
+        "2",
+        "--nometrics",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with np.load(out + ".npz") as f:
+        assert f["images"].shape == (2, 8, 8, 1)
+        assert np.isfinite(f["images"]).all()
+    assert os.path.isfile(out + ".png")
+
+
+def test_prompts_change_the_samples_and_class_runs_refuse_them(trained):
+    _, workdir = trained
+    loaded = api.load(workdir)
+    a = api.generate(loaded, prompts=["a handwritten digit three"], steps=2, guidance=3.0)
+    b = api.generate(loaded, prompts=["a handwritten digit seven"], steps=2, guidance=3.0)
+    assert a.shape == (1, 8, 8, 1) and np.abs(a - b).max() > 1e-4
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_inpainting_keeps_the_known_region_and_fills_the_rest(sampler):
+    schedule = make_schedule("linear", 50)
+    shape = (2, 6, 6, 1)
+    known = jax.random.uniform(jax.random.PRNGKey(0), shape, minval=-1, maxval=1)
+    mask = jnp.zeros(shape).at[:, :, :3].set(1.0)  # left half known
+    model_fn = lambda x, t: 0.3 * x  # any eps model: the known half must survive it
+    key = jax.random.PRNGKey(1)
+    if sampler == "ddpm":
+        x = ddpm_sample(model_fn, schedule, key, shape, known=(known, mask))
+    else:
+        x = ddim_sample(model_fn, schedule, key, shape, 10, known=(known, mask))
+    np.testing.assert_allclose(x[:, :, :3], known[:, :, :3], atol=1e-6)
+    free = ddim_sample(model_fn, schedule, key, shape, 10)
+    assert np.isfinite(x).all() and np.abs(x[:, :, 3:] - known[:, :, 3:]).mean() > 0.05
+    assert np.abs(free[:, :, :3] - known[:, :, :3]).mean() > 0.05
+
+
+def test_super_resolution_run_sharpens_given_low_res_images(tmp_path):
+    from jldm.train.factory import downsample
+    from tests.tiny import tiny_config
+
+    x = np.arange(2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8, 1)
+    low = np.asarray(downsample(jnp.asarray(x), 4))
+    np.testing.assert_allclose(low[1, 1, 0, 0], x[1, 4:8, 0:4, 0].mean())
+
+    config = tiny_config(str(tmp_path / "tfds"), **{"model.low_res_factor": 4})
+    workdir = str(tmp_path / "sr")
+    assert run(config, workdir)
+    loaded = api.load(workdir)
+    low = np.zeros((2, 2, 2, 1), np.float32)
+    y = api.generate(loaded, [1, 2], steps=2, low_res=low)
+    assert y.shape == (2, 8, 8, 1) and np.isfinite(y).all()
+    with pytest.raises(api.UserError, match="low-resolution images of shape"):
+        api.generate(loaded, [1, 2], steps=2, low_res=low[:, :1])
