@@ -1,0 +1,181 @@
+"""FID: Frechet distance between InceptionV3 pool features of samples and of a reference set.
+
+    python -m jldm.eval.fid SAMPLES.npz REF.npz --weights pt_inception-2015-12-05-6726825d.pth
+
+Each .npz holds images (key `images`, or its only array: [N,H,W,C] floats in [0,1] or uint8,
+C = 1 or 3), or statistics (`mu` [2048] and `sigma` [2048,2048], as pytorch-fid writes them).
+--save_stats writes the reference's statistics for later runs. The weights are the PyTorch FID
+Inception checkpoint or its conversion (jldm.convert.inception); JLDM_FID_WEIGHTS sets a default.
+"""
+
+import functools
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from jldm.errors import UserError
+from jldm.eval.frechet import feature_stats, frechet_distance
+from jldm.nn.inception import FEATURES
+
+flags.DEFINE_string(
+    "weights",
+    None,
+    "FID Inception weights (.pth from pytorch-fid, or .safetensors); default $JLDM_FID_WEIGHTS.",
+)
+flags.DEFINE_integer("batch_size", 50, "Images per Inception forward pass.")
+flags.DEFINE_string("save_stats", None, "Write the reference's mu/sigma to this .npz.")
+FLAGS = flags.FLAGS
+
+
+def to_unit_images(images: np.ndarray, name: str = "images") -> np.ndarray:
+    """uint8 [0,255] or float [0,1] images [N,H,W,C], C in (1, 3) -> float32 [N,H,W,3] in [0,1]."""
+    x = np.asarray(images)
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise UserError(f"{name} has shape {x.shape}: FID needs images [N, H, W, 1 or 3]")
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    else:
+        x = x.astype(np.float32)
+        if x.size and (x.min() < -1e-3 or x.max() > 1 + 1e-3):
+            raise UserError(
+                f"{name} ranges over [{x.min():.3g}, {x.max():.3g}]: pass floats in [0, 1] or uint8"
+            )
+    return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(model, variables: dict, x: jax.Array) -> jax.Array:
+    return model.apply(variables, x)
+
+
+def inception_features(
+    model, variables: dict, images: np.ndarray, batch_size: int = 50
+) -> np.ndarray:
+    """Pool features of images in [0,1]: [N,H,W,3] -> float64 [N, 2048], one compiled batch."""
+    images = to_unit_images(images)
+    n = images.shape[0]
+    out = []
+    for i in range(0, n, batch_size):
+        chunk = images[i : i + batch_size]
+        pad = batch_size - chunk.shape[0]  # one compiled shape for every chunk
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+        feats = np.asarray(_apply(model, variables, jnp.asarray(chunk)), np.float64)
+        out.append(feats[: batch_size - pad])
+    return np.concatenate(out) if out else np.zeros((0, FEATURES))
+
+
+def load_set(path: str) -> tuple[str, np.ndarray | tuple[np.ndarray, np.ndarray]]:
+    """("images", [N,H,W,C]) or ("stats", (mu, sigma)) from an .npz file."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path} not found: pass an .npz of images or of mu/sigma statistics")
+    try:
+        with np.load(path) as z:
+            files = list(z.files)
+            if "mu" in files and "sigma" in files:
+                mu, sigma = z["mu"], z["sigma"]
+                if mu.shape != (FEATURES,) or sigma.shape != (FEATURES, FEATURES):
+                    raise UserError(
+                        f"{path}: mu {mu.shape} / sigma {sigma.shape} are not Inception pool "
+                        f"statistics ([{FEATURES}] and [{FEATURES}, {FEATURES}])"
+                    )
+                return "stats", (mu, sigma)
+            key = "images" if "images" in files else (files[0] if len(files) == 1 else None)
+            if key is None:
+                raise UserError(
+                    f"{path} has arrays {files} but no `images` (or `mu` and `sigma`): "
+                    "name the image array `images`"
+                )
+            return "images", z[key]
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} cannot be read as .npz ({e})") from None
+
+
+def set_stats(model, variables, path: str, batch_size: int):
+    """(mu [2048], sigma [2048, 2048], features [N, 2048] or None for stored statistics)."""
+    kind, data = load_set(path)
+    if kind == "stats":
+        return np.asarray(data[0], np.float64), np.asarray(data[1], np.float64), None
+    feats = inception_features(model, variables, to_unit_images(data, path), batch_size)
+    mu, sigma = feature_stats(feats)
+    return mu, sigma, feats
+
+
+def frechet_low_rank(feats1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Frechet distance of N(feature_stats(feats1)) to N(mu2, sigma2), exact when N < F.
+
+    With B = centred feats1 / sqrt(N - 1), sigma1 = B^T B, and the non-zero eigenvalues of
+    sigma1 sigma2 are those of the N x N matrix B sigma2 B^T, so tr (sigma1 sigma2)^(1/2) needs
+    no F x F square root (which for F = 2048 costs about a minute on one core).
+    feats1: [N, F], mu2: [F], sigma2: [F, F].
+    """
+    x = np.asarray(feats1, np.float64)
+    mu1 = x.mean(axis=0)
+    b = (x - mu1) / np.sqrt(x.shape[0] - 1)
+    inner = b @ sigma2 @ b.T
+    eig = np.linalg.eigvalsh((inner + inner.T) / 2)
+    diff = mu1 - mu2
+    trace1 = float(np.sum(b * b))
+    value = diff @ diff + trace1 + np.trace(sigma2) - 2.0 * np.sum(np.sqrt(np.clip(eig, 0, None)))
+    return max(float(value), 0.0)
+
+
+def fid_between(set1, set2) -> float:
+    """FID between two set_stats results; the low-rank form when a side has fewer images than
+    features (its covariance is singular), else frechet_distance."""
+    (mu1, s1, f1), (mu2, s2, f2) = set1, set2
+    small = [(f, mu, s) for f, mu, s in ((f1, mu2, s2), (f2, mu1, s1)) if f is not None]
+    small = [c for c in small if c[0].shape[0] < c[0].shape[1]]
+    if small:
+        f, mu, s = min(small, key=lambda c: c[0].shape[0])
+        return frechet_low_rank(f, mu, s)
+    return frechet_distance(mu1, s1, mu2, s2)
+
+
+def fid(
+    samples: str, reference: str, weights: str, batch_size: int = 50, save_stats: str | None = None
+) -> tuple[float, int, int]:
+    """(FID, N samples, N reference) between two .npz sets (images or statistics; N = 0 for
+    statistics), with Inception weights from a file."""
+    from jldm.convert.inception import load_inception
+
+    model, variables = load_inception(weights)
+    set1 = set_stats(model, variables, samples, batch_size)
+    set2 = set_stats(model, variables, reference, batch_size)
+    if save_stats:
+        np.savez(save_stats, mu=set2[0], sigma=set2[1])
+    count = lambda st: 0 if st[2] is None else st[2].shape[0]
+    return fid_between(set1, set2), count(set1), count(set2)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 2:
+        raise UserError("usage: python -m jldm.eval.fid SAMPLES.npz REF.npz [--weights FILE]")
+    weights = FLAGS.weights or os.environ.get("JLDM_FID_WEIGHTS")
+    if not weights:
+        raise UserError(
+            "FID needs the Inception weights: pass --weights pt_inception-2015-12-05-6726825d.pth "
+            "(pytorch-fid's checkpoint) or set JLDM_FID_WEIGHTS"
+        )
+    if FLAGS.batch_size < 1:
+        raise UserError(f"--batch_size={FLAGS.batch_size} must be >= 1")
+    if FLAGS.save_stats and os.path.exists(FLAGS.save_stats):
+        raise UserError(f"--save_stats {FLAGS.save_stats} exists: pick a new path")
+    t0 = time.perf_counter()
+    value, n1, n2 = fid(argv[0], argv[1], weights, FLAGS.batch_size, FLAGS.save_stats)
+    count = lambda n: f"{n} images" if n else "stored stats"
+    print(
+        f"FID {value:.4f} ({count(n1)} vs {count(n2)}, {time.perf_counter() - t0:.1f} s)",
+        file=sys.stdout,
+    )
+
+
+if __name__ == "__main__":
+    from jldm.cli import run_main
+
+    run_main(main, positional=True)

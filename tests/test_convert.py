@@ -1,0 +1,321 @@
+"""Importing diffusers Stable Diffusion folders: parity with diffusers/transformers on tiny random
+SD-1.x- and SD-2.x-shaped models (UNet, VAE, CLIP text encoder, DDIM steps, the whole
+text-to-image pipeline), the Orbax cache, one-line errors, and sample.py --pretrained."""
+
+import json
+import os
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from safetensors.numpy import load_file, save_file  # noqa: E402
+
+from jldm.convert.pipeline import load_pretrained  # noqa: E402
+from jldm.convert.scheduler import inference_pairs, inference_timesteps  # noqa: E402
+from jldm.convert.scheduler import scheduler_from_config as sched_cfg  # noqa: E402
+from jldm.diffusion.samplers import ddim_step  # noqa: E402
+from jldm.errors import UserError  # noqa: E402
+from jldm.pretrained import generate_text_to_image, make_text_to_image, tokenize  # noqa: E402
+from tests.clitools import assert_user_error, cli  # noqa: E402
+from tests.sd_tiny import MAX_LENGTH, build_folder  # noqa: E402
+
+torch.set_num_threads(1)
+TOL = 1e-4
+PROMPTS = ["a photo of the red cat", "dog on mat"]
+
+
+def rel_err(ours, ref) -> float:
+    """max |ours - ref| / max |ref|."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+
+
+def nchw(x):
+    return np.asarray(x).transpose(0, 3, 1, 2)
+
+
+@pytest.fixture(scope="module", params=["sd1", "sd2"])
+def sd(request, tmp_path_factory):
+    """(flavour, folder, torch models, converted pipeline) for one tiny random SD folder."""
+    root = str(tmp_path_factory.mktemp(request.param))
+    models = build_folder(root, request.param, seed=1 if request.param == "sd1" else 2)
+    return request.param, root, models, load_pretrained(root)
+
+
+def test_unet_matches_diffusers(sd):
+    _, _, models, pipe = sd
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    ctx = rng.standard_normal((2, 5, pipe.unet.context_dim)).astype(np.float32)
+    t = np.array([3, 917])
+    with torch.no_grad():
+        ref = models["unet"](torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx))
+    ours = pipe.unet.model.apply({"params": pipe.params["unet"]}, x.transpose(0, 2, 3, 1), t, ctx)
+    assert rel_err(nchw(ours), ref.sample.numpy()) < TOL
+
+
+def test_vae_encoder_and_decoder_match_diffusers(sd):
+    _, _, models, pipe = sd
+    rng = np.random.default_rng(1)
+    img = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    z = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        post = models["vae"].encode(torch.from_numpy(img)).latent_dist
+        dec = models["vae"].decode(torch.from_numpy(z)).sample.numpy()
+    vae, params = pipe.vae.model, {"params": pipe.params["vae"]}
+    ours = vae.apply(params, img.transpose(0, 2, 3, 1), method=vae.encode)
+    assert rel_err(nchw(ours.mean), post.mean.numpy()) < TOL
+    assert rel_err(nchw(ours.logvar), post.logvar.numpy()) < TOL
+    out = vae.apply(params, z.transpose(0, 2, 3, 1), method=vae.decode)
+    assert rel_err(nchw(out), dec) < TOL
+
+
+def test_text_encoder_matches_transformers(sd):
+    flavour, _, models, pipe = sd
+    tok = models["tokenizer"]
+    enc = tok(PROMPTS, padding="max_length", max_length=MAX_LENGTH, return_tensors="np")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    params = {"params": pipe.params["text_encoder"]}
+    for m in (None, mask):
+        with torch.no_grad():
+            ref = models["text_encoder"](
+                torch.from_numpy(ids), None if m is None else torch.from_numpy(m)
+            )
+        ours = pipe.text_encoder.apply(params, ids, m)
+        assert rel_err(ours.last_hidden_state, ref.last_hidden_state.numpy()) < TOL
+        assert rel_err(ours.pooled, ref.pooler_output.numpy()) < TOL
+    # SD 1.x pools at argmax(ids) (transformers' rule for eos id 2), SD 2.x at its EOS id.
+    assert (pipe.text_encoder.eos_token_id is None) == (flavour == "sd1")
+
+
+def test_configs_become_our_modules(sd):
+    flavour, _, _, pipe = sd
+    unet = pipe.unet.model
+    assert unet.channel_mult == (1, 2, 2) and unet.attention_levels == (0, 1)
+    if flavour == "sd1":
+        assert (unet.num_heads, unet.head_dim, unet.use_linear_projection) == (2, 0, False)
+        assert pipe.scheduler.prediction == "eps" and pipe.vae.scaling_factor == 0.18215
+    else:
+        assert (unet.head_dim, unet.use_linear_projection) == (8, True)
+        assert pipe.scheduler.prediction == "v" and pipe.vae.scaling_factor == 0.5
+    assert not pipe.scheduler.set_alpha_to_one and pipe.scheduler.steps_offset == 1
+
+
+def _scheduler_configs(root):
+    with open(os.path.join(root, "scheduler", "scheduler_config.json")) as f:
+        base = json.load(f)
+    yield base
+    yield dict(base, timestep_spacing="trailing", set_alpha_to_one=True, steps_offset=0)
+    yield dict(base, timestep_spacing="linspace", beta_schedule="linear", beta_end=0.02)
+
+
+def test_ddim_steps_match_diffusers_scheduler(sd):
+    from diffusers import DDIMScheduler
+
+    _, root, _, _ = sd
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
+    out = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
+    noise = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
+    for cfg in _scheduler_configs(root):
+        ref = DDIMScheduler.from_config(cfg)
+        spec = sched_cfg(cfg)
+        ref.set_timesteps(10)
+        np.testing.assert_array_equal(inference_timesteps(spec, 10), ref.timesteps.numpy())
+        for t, t_prev in inference_pairs(spec, 10)[[0, 4, 9]]:
+            for eta in (0.0, 1.0):
+                want = ref.step(
+                    torch.from_numpy(out),
+                    int(t),
+                    torch.from_numpy(x),
+                    eta=eta,
+                    variance_noise=torch.from_numpy(noise),
+                ).prev_sample.numpy()
+                got = ddim_step(
+                    spec.schedule, x, t, t_prev, out, noise, eta, spec.prediction, spec.clip_sample
+                )
+                assert rel_err(got, want) < TOL, (cfg.get("timestep_spacing"), t, eta)
+
+
+def test_text_to_image_matches_diffusers_pipeline(sd):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    flavour, root, models, pipe = sd
+    if flavour == "sd1":
+        pytest.skip("parts are compared for both flavours; the whole pipeline once (v-prediction)")
+    scheduler = DDIMScheduler.from_pretrained(os.path.join(root, "scheduler"))
+    ref_pipe = StableDiffusionPipeline(
+        vae=models["vae"],
+        text_encoder=models["text_encoder"],
+        tokenizer=models["tokenizer"],
+        unet=models["unet"],
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    ref_pipe.set_progress_bar_config(disable=True)
+    latents = np.random.default_rng(3).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    negative = ["", "blue"]
+    with torch.no_grad():
+        ref = ref_pipe(
+            prompt=PROMPTS,
+            negative_prompt=negative,
+            num_inference_steps=3,
+            guidance_scale=7.5,
+            height=16,
+            width=16,
+            latents=torch.from_numpy(latents),
+            output_type="np",
+        ).images
+    go = make_text_to_image(pipe, 2, 16, 16, steps=3, guidance=7.5)
+    tok = models["tokenizer"]
+    ids, null = tokenize(tok, PROMPTS, MAX_LENGTH), tokenize(tok, negative, MAX_LENGTH)
+    ours = go(pipe.params, ids, null, jax.random.PRNGKey(0), latents.transpose(0, 2, 3, 1))
+    assert rel_err(ours, ref) < TOL
+
+
+def test_orbax_cache_reloads_and_follows_the_weights(sd):
+    flavour, root, _, first = sd
+    if flavour == "sd2":
+        pytest.skip("the cache does not depend on the flavour")
+    again = load_pretrained(root)
+    assert again.source == "cache" and os.path.isdir(os.path.join(root, "jldm-orbax"))
+    same = jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)), first.params, again.params)
+    assert all(jax.tree_util.tree_leaves(same))
+    # A changed weight file invalidates the cache.
+    path = os.path.join(root, "vae", "diffusion_pytorch_model.safetensors")
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert load_pretrained(root).source == "converted"
+    assert load_pretrained(root).source == "cache"
+
+
+def _copy(root, tmp_path):
+    dst = str(tmp_path / "copy")
+    shutil.copytree(root, dst, ignore=shutil.ignore_patterns("jldm-orbax*"))
+    return dst
+
+
+def _edit_unet(folder, edit):
+    path = os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors")
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path)
+
+
+def _one_line_error(folder, *words):
+    with pytest.raises(UserError) as e:
+        load_pretrained(folder, cache=False)
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_missing_unexpected_and_mismatched_tensors_are_named(sd, tmp_path):
+    flavour, root, _, _ = sd
+    if flavour == "sd2":
+        pytest.skip("the error paths do not depend on the flavour")
+    folder = _copy(root, tmp_path)
+    key = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+    _edit_unet(folder, lambda t: t.pop(key))
+    _one_line_error(folder, "unet", key, "missing")
+    _edit_unet(folder, lambda t: t.update({key: np.zeros((32, 7), np.float32)}))
+    _one_line_error(folder, "unet", key, "(32, 7)", "config")
+    _edit_unet(folder, lambda t: t.update({key: np.zeros((32, 32), np.float32), "extra.w": t[key]}))
+    _one_line_error(folder, "unet", "unexpected", "extra.w")
+    with open(os.path.join(folder, "unet", "config.json")) as f:
+        cfg = json.load(f)
+    with open(os.path.join(folder, "unet", "config.json"), "w") as f:
+        json.dump(dict(cfg, class_embed_type="timestep"), f)
+    _one_line_error(folder, "class_embed_type")
+    os.remove(os.path.join(folder, "vae", "diffusion_pytorch_model.safetensors"))
+    shutil.copy(
+        os.path.join(root, "unet", "diffusion_pytorch_model.safetensors"),
+        os.path.join(folder, "unet"),
+    )
+    with open(os.path.join(folder, "unet", "config.json"), "w") as f:
+        json.dump(cfg, f)
+    _one_line_error(folder, "no .safetensors", "vae")
+
+
+def test_legacy_vae_attention_names_convert(sd, tmp_path):
+    flavour, root, _, pipe = sd
+    if flavour == "sd2":
+        pytest.skip("one flavour is enough")
+    folder = _copy(root, tmp_path)
+    path = os.path.join(folder, "vae", "diffusion_pytorch_model.safetensors")
+    names = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+    old = {}
+    for k, v in load_file(path).items():
+        for new, legacy in names.items():
+            k = k.replace(f".attentions.0.{new}.", f".attentions.0.{legacy}.")
+        old[k] = v
+    assert any(".query." in k for k in old)
+    save_file(old, path)
+    legacy = load_pretrained(folder, cache=False)
+    same = jax.tree_util.tree_map(
+        lambda a, b: bool(jnp.all(a == b)), pipe.params["vae"], legacy.params["vae"]
+    )
+    assert all(jax.tree_util.tree_leaves(same))
+
+
+def test_long_prompts_are_truncated_with_a_warning(sd):
+    _, _, models, _ = sd
+    long = " ".join(["cat"] * 20)
+    with pytest.warns(UserWarning, match="truncated"):
+        ids = tokenize(models["tokenizer"], [long, "dog"], MAX_LENGTH)
+    assert ids.shape == (2, MAX_LENGTH)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tokenize(models["tokenizer"], ["dog"], MAX_LENGTH)
+
+
+def test_bad_requests_are_user_errors(sd):
+    _, _, _, pipe = sd
+    with pytest.raises(UserError, match="multiples of 8"):
+        make_text_to_image(pipe, 1, 12, 16)
+    with pytest.raises(UserError, match="ddim"):
+        make_text_to_image(pipe, 1, 16, 16, sampler="pc")
+    with pytest.raises(UserError, match="2 negative prompts for 1"):
+        generate_text_to_image(pipe, ["cat"], ["a", "b"])
+
+
+def test_sample_cli_pretrained_writes_png(sd, tmp_path):
+    flavour, root, _, _ = sd
+    if flavour == "sd1":
+        pytest.skip("one flavour is enough for the CLI")
+    from PIL import Image
+
+    # Same program as the pipeline parity test (batch 2, 3 steps), so its compilation is reused.
+    out = str(tmp_path / "t2i.png")
+    proc = cli(
+        "sample.py",
+        f"--pretrained={root}",
+        "--prompt=a photo of the red cat",
+        "--negative_prompt=blue",
+        "--num=2",
+        "--steps=3",
+        "--guidance=7.5",
+        "--height=16",
+        "--width=16",
+        f"--out={out}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "loaded from the Orbax cache" in proc.stdout, proc.stdout
+    img = np.asarray(Image.open(out))
+    assert img.ndim == 3 and img.shape[1] > 1.5 * img.shape[0]  # one row of two
+    images = np.load(str(tmp_path / "t2i.npz"))["images"]
+    assert images.shape == (2, 16, 16, 3)
+    assert np.abs(images[0] - images[1]).max() > 1e-3  # each image has its own latents
+    bad = cli("sample.py", f"--pretrained={tmp_path}", "--prompt=cat", f"--out={out}x")
+    assert_user_error(bad, "unet")
