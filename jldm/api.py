@@ -122,14 +122,17 @@ def sampler_nfe(
 ) -> int:
     """Network evaluations one sample costs with this sampler (guidance doubles them)."""
     s = config.sample
-    per = {
-        "ddpm": config.diffusion.timesteps,
-        "ddim": steps,
-        "als": config.diffusion.num_scales * s.steps_per_sigma + 1,
-        "pc": steps * (1 + s.corrector_steps),
-        "em": steps,
-        "ode": steps * (4 if s.ode_method == "rk4" else 2),
-    }[sampler]
+    # Branches, not a table: a run's config only has the keys of the samplers it knows.
+    if sampler == "ddpm":
+        per = config.diffusion.timesteps
+    elif sampler in ("ddim", "em"):
+        per = steps
+    elif sampler == "als":
+        per = config.diffusion.num_scales * s.steps_per_sigma + 1
+    elif sampler == "pc":
+        per = steps * (1 + s.corrector_steps)
+    else:
+        per = steps * (4 if s.ode_method == "rk4" else 2)
     return per * (1 if guidance == 1.0 else 2)
 
 

@@ -19,7 +19,7 @@ from jldm.eval import save_grid
 from jldm.train import checkpoint
 from jldm.train.conditions import condition_fn
 from jldm.train.config_io import write_config
-from jldm.train.factory import build_loss, build_model, is_latent
+from jldm.train.factory import build_loss, build_model, downsample, is_latent, sr_factor
 from jldm.train.metrics_log import MetricWriter
 from jldm.train.sharding import batch_sharding, check_batch, make_mesh, state_sharding, to_global
 from jldm.train.state import create_state, make_optimizer
@@ -218,16 +218,25 @@ def run(
             print(f"stopped by {name} at step {done}: checkpoint saved, rerun to resume")
         return False
     if main:
-        _final_grid(config, workdir)
+        _final_grid(config, workdir, images)
     return True
 
 
-def _final_grid(config, workdir: str) -> None:
-    """A grid of EMA samples from the saved run, one row per class: WORKDIR/samples_final.png."""
+def _final_grid(config, workdir: str, images: np.ndarray) -> None:
+    """A grid of EMA samples from the saved run, one row per class: WORKDIR/samples_final.png.
+
+    A super-resolution run sharpens downsampled training images instead.
+    """
     s, d = config.sample, config.data
     loaded = api.load(workdir)
     labels = np.repeat(np.arange(d.num_classes), s.per_class)
-    x = api.generate(loaded, labels, s.sampler, s.steps, s.guidance, config.seed, s.eta)
+    low_res = None
+    if sr_factor(config) > 1:
+        low_res = np.asarray(downsample(images[: len(labels)], sr_factor(config)))
+        labels = labels[: len(low_res)]
+    x = api.generate(
+        loaded, labels, s.sampler, s.steps, s.guidance, config.seed, s.eta, low_res=low_res
+    )
     path = os.path.join(workdir, "samples_final.png")
     save_grid(to_unit(x), path, ncols=s.per_class)
     print(f"final samples: {path}")
