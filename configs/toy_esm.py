@@ -1,0 +1,10 @@
+"""ESM on the 8-mode ring, sampled by Langevin dynamics."""
+
+from configs import toy_base
+
+
+def get_config():
+    c = toy_base.get_config()
+    c.diffusion.objective = "esm"
+    c.sample.sampler = "langevin"
+    return c

@@ -1,0 +1,10 @@
+"""VESDE on the 8-mode ring, sampled by predictor-corrector."""
+
+from configs import toy_base
+
+
+def get_config():
+    c = toy_base.get_config()
+    c.diffusion.objective = "vesde"
+    c.sample.sampler = "pc"
+    return c

@@ -1,0 +1,10 @@
+"""VPSDE on the 8-mode ring, sampled by predictor-corrector."""
+
+from configs import toy_base
+
+
+def get_config():
+    c = toy_base.get_config()
+    c.diffusion.objective = "vpsde"
+    c.sample.sampler = "pc"
+    return c
