@@ -19,6 +19,11 @@ from jldm.nn.layers import (
     Upsample,
 )
 
+# Recomputed in the backward pass; same parameter names. `train` (argument 3, self counted) is
+# a Python bool that picks the dropout branch, so it must stay static.
+_RematResnetBlock = nn.remat(ResnetBlock, static_argnums=(3,))
+_RematSpatialTransformer = nn.remat(SpatialTransformer)
+
 
 class _Block(nn.Module):
     """Shared fields of the down, mid and up blocks."""
@@ -31,15 +36,16 @@ class _Block(nn.Module):
     groups: int = 32
     dropout: float = 0.0
     use_linear_projection: bool = False
+    remat: bool = False
     dtype: Dtype = jnp.float32
 
     def resnet(self, i: int) -> ResnetBlock:
-        return ResnetBlock(
-            self.channels, self.groups, self.dropout, dtype=self.dtype, name=f"resnets_{i}"
-        )
+        cls = _RematResnetBlock if self.remat else ResnetBlock
+        return cls(self.channels, self.groups, self.dropout, dtype=self.dtype, name=f"resnets_{i}")
 
     def transformer(self, i: int) -> SpatialTransformer:
-        return SpatialTransformer(
+        cls = _RematSpatialTransformer if self.remat else SpatialTransformer
+        return cls(
             self.heads,
             self.transformer_depth,
             self.groups,
@@ -111,6 +117,9 @@ class UNet(nn.Module):
     norm_groups: int = 32
     dropout: float = 0.0
     use_linear_projection: bool = False
+    # Recompute each ResBlock and transformer in the backward pass instead of keeping its
+    # activations: less memory for one more forward. Parameter names do not change.
+    remat: bool = False
     dtype: Dtype = jnp.float32
 
     def _block_kwargs(self, level: int, attention: bool) -> dict:
@@ -124,6 +133,7 @@ class UNet(nn.Module):
             groups=self.norm_groups,
             dropout=self.dropout,
             use_linear_projection=self.use_linear_projection,
+            remat=self.remat,
             dtype=self.dtype,
         )
 

@@ -5,7 +5,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jldm.train.sharding import batch_sharding, replicated
 from jldm.train.state import TrainState
@@ -16,17 +16,30 @@ def make_update(
     tx: optax.GradientTransformation,
     ema_decay: float,
     skip_nonfinite: bool = False,
+    param_shardings=None,
 ):
     """One step: state, batch -> state, metrics. The step's key is fold_in(rng, step).
 
     metrics["nonfinite"] is 1 where the loss or gradients were NaN/Inf; with skip_nonfinite
     such a step leaves params, EMA and optimizer state as they were (the step still counts).
+    param_shardings (FSDP): the params' NamedShardings; the step gathers the full params for
+    the loss and scatters the gradients back to that split.
     """
 
     def update(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, metrics), grads = grad_fn(state.params, rng, batch)
+        params = state.params
+        if param_shardings is not None:
+            # Without these constraints XLA may split activations by features to match the
+            # split weights; gathering weights keeps the forward and backward data parallel.
+            full = jax.tree_util.tree_map(
+                lambda s: NamedSharding(s.mesh, PartitionSpec()), param_shardings
+            )
+            params = jax.lax.with_sharding_constraint(params, full)
+        (loss, metrics), grads = grad_fn(params, rng, batch)
+        if param_shardings is not None:
+            grads = jax.lax.with_sharding_constraint(grads, param_shardings)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = jax.tree_util.tree_map(
@@ -53,12 +66,15 @@ def make_train_step(
     ema_decay: float,
     mesh: Mesh,
     skip_nonfinite: bool = False,
+    state_shardings=None,
 ):
     """train_step(state, batches) -> (state, metrics); batches: {k: [k, B, ...]}, metrics: [k].
 
-    The state is replicated and donated; the batch axis (axis 1) is split over the devices.
+    The state is donated and kept in state_shardings (a TrainState of NamedShardings, see
+    sharding.state_sharding; None: replicated); the batch axis (axis 1) is split over devices.
     """
-    update = make_update(loss_fn, tx, ema_decay, skip_nonfinite)
+    params_sh = None if state_shardings is None else state_shardings.params
+    update = make_update(loss_fn, tx, ema_decay, skip_nonfinite, params_sh)
 
     def train_step(state, batches):
         if jax.tree_util.tree_leaves(batches)[0].shape[0] == 1:
@@ -68,10 +84,11 @@ def make_train_step(
         return jax.lax.scan(update, state, batches)
 
     rep = replicated(mesh)
+    state_sh = rep if state_shardings is None else state_shardings
     return jax.jit(
         train_step,
-        in_shardings=(rep, batch_sharding(mesh, batch_axis=1)),
-        out_shardings=(rep, rep),
+        in_shardings=(state_sh, batch_sharding(mesh, batch_axis=1)),
+        out_shardings=(state_sh, rep),
         donate_argnums=(0,),
     )
 
