@@ -1,4 +1,9 @@
-"""Train a diffusion model: python train.py --config configs/digits_ddpm.py --workdir runs/x."""
+"""Train a diffusion model: python train.py --config configs/digits_ddpm.py --workdir runs/x.
+
+Multi-host: run the same command on every host with --coordinator HOST:PORT (process 0's
+address), --num_processes N and --process_id I (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+JAX_PROCESS_ID); each process reads its own slice of every batch.
+"""
 
 import os
 
@@ -10,17 +15,47 @@ from jldm.cli import run_main
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run folder: config, checkpoints, logs, samples.")
 flags.DEFINE_bool("force", False, "Reuse a workdir holding a run of another architecture.")
+flags.DEFINE_string("coordinator", None, "Multi-process: process 0's HOST:PORT.")
+flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes in all.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process, 0..num_processes-1.")
 FLAGS = flags.FLAGS
+
+
+def _check_config_loaded() -> None:
+    """config_flags defers a --config file's load error to its first use: surface it here."""
+    from jldm.errors import UserError
+
+    try:
+        FLAGS.config.get("train")
+    except OSError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        name = config_flags.get_config_filename(FLAGS["config"])
+        raise UserError(
+            f"cannot load --config {name} ({lines[-1] if lines else e}): pass a config file "
+            "such as configs/digits_ddpm.py"
+        ) from None
 
 
 def main() -> None:
     from jldm.errors import UserError
-    from jldm.train.loop import run
+    from jldm.train import distributed
 
     if FLAGS.config is None or FLAGS.workdir is None:
         raise UserError("train.py needs --config configs/NAME.py and --workdir DIR")
+    _check_config_loaded()
     workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
-    if run(FLAGS.config, workdir, force=FLAGS.force):
+    # jax.distributed.initialize must come before anything starts a JAX backend.
+    distributed.initialize(
+        distributed.settings(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    )
+    import jax
+
+    if FLAGS.config.data.name.startswith("toy"):
+        from jldm.train.toy import run
+    else:
+        from jldm.train.loop import run
+
+    if run(FLAGS.config, workdir, force=FLAGS.force) and jax.process_index() == 0:
         print(f"trained: {workdir} (checkpoints in {workdir}/checkpoints)")
 
 

@@ -17,11 +17,16 @@ CORRUPT_PREFIX = "corrupt-"
 def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
     """A CheckpointManager; only fully written (finalized) steps are listed and restored."""
     path = os.path.join(os.path.abspath(workdir), "checkpoints")
+    # A reader is one process's business (process 0 sampling the final grid, a notebook):
+    # without this, orbax makes every process of a multi-process run meet in a barrier.
+    me = jax.process_index()
+    alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,
         create=not read_only,
         read_only=read_only,
         enable_async_checkpointing=False,
+        multiprocessing_options=alone if read_only else ocp.options.MultiprocessingOptions(),
     )
     return ocp.CheckpointManager(path, options=options)
 
@@ -36,13 +41,30 @@ def save(mngr: ocp.CheckpointManager, state: TrainState, meta: dict) -> None:
     mngr.wait_until_finished()
 
 
+def _placed(abstract_state: TrainState) -> TrainState:
+    """Leaves without a sharding go to this process's first device.
+
+    Otherwise orbax would reuse the shardings the checkpoint was saved with, which fails on a
+    host with other devices (a notebook reading a run trained on 8 GPUs, or process 0 of a
+    multi-process run reading alone).
+    """
+    single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def place(x):
+        if isinstance(x, jax.ShapeDtypeStruct) and x.sharding is None:
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=single)
+        return x
+
+    return jax.tree_util.tree_map(place, abstract_state)
+
+
 def _restore_step(
     mngr: ocp.CheckpointManager, abstract_state: TrainState, step: int
 ) -> tuple[TrainState, dict]:
     out = mngr.restore(
         step,
         args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+            state=ocp.args.StandardRestore(_placed(abstract_state)), meta=ocp.args.JsonRestore()
         ),
     )
     return out.state, out.meta
