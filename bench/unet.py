@@ -40,7 +40,11 @@ flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's train.batch
 flags.DEFINE_list("cases", ["eval", "train"], "Cases to run, in order: eval, train.")
 flags.DEFINE_integer("repeats", 10, "Timed calls per case (the median is reported).")
 flags.DEFINE_integer("warmup", 2, "Untimed calls after compiling, before timing.")
-flags.DEFINE_bool("compile_only", False, "Compile and report FLOPs and XLA memory; no runs.")
+flags.DEFINE_bool(
+    "compile_only",
+    False,
+    "Compile abstract inputs and report FLOPs and XLA's memory plan; allocates no params.",
+)
 flags.DEFINE_bool(
     "lower_only",
     False,
@@ -176,7 +180,7 @@ def bench_eval(config, model, mesh, batch: int, base: dict) -> dict:
     init = jax.jit(lambda k: api.init_params(model, config, k), out_shardings=rep)
     key = jax.random.PRNGKey(config.seed)
     x, t, y = _inputs(config, batch, mesh)
-    if FLAGS.lower_only:
+    if FLAGS.lower_only or FLAGS.compile_only:
         shapes = jax.eval_shape(init, key)
         params = _abstract(shapes, jax.tree_util.tree_map(lambda _: rep, shapes))
     else:
@@ -200,7 +204,8 @@ def bench_train(config, model, mesh, batch: int, base: dict) -> dict:
         lambda: create_state(lambda k: api.init_params(model, config, k), tx, config.seed),
         out_shardings=shardings,
     )
-    state = _abstract(shapes, shardings) if FLAGS.lower_only else init()
+    abstract = FLAGS.lower_only or FLAGS.compile_only
+    state = _abstract(shapes, shardings) if abstract else init()
     k = config.train.steps_per_call
     x, _, y = _inputs(config, batch, mesh, lead=(k,))
     batches = {"image": x, "label": y}
