@@ -23,7 +23,8 @@ from jldm.train.sharding import make_mesh, replicated
 from tests.clitools import assert_user_error, cli, train_args
 from tests.tiny import ROOT, tiny_config
 
-STEPS = 10  # checkpoints every 2 steps; the last 3 (6, 8, 10) are kept
+STEPS = 6  # checkpoints every 2 steps: 2, 4 and 6, all kept (keep_checkpoints=3)
+KEPT = ["2", "4", "6"]
 
 
 @pytest.fixture(scope="module")
@@ -141,12 +142,12 @@ def test_half_written_step_folders_are_not_taken_as_complete(reference, data_dir
     for f in sorted(glob.glob(os.path.join(tmp, "state", "**", "*"), recursive=True))[::2]:
         if os.path.isfile(f):
             os.remove(f)
-    assert checkpoint.manager(workdir, read_only=True).all_steps() == [6, 8]
-    assert int(_state(workdir).step) == 8
+    assert checkpoint.manager(workdir, read_only=True).all_steps() == [2, 4]
+    assert int(_state(workdir).step) == 4
 
-    # Rerunning trains 8 -> 10 again, writes step 10 over the leftover, and lands on the same state.
+    # Rerunning trains 4 -> 6 again, writes step 6 over the leftover, and lands on the same state.
     assert run(tiny_config(data_dir, **{"train.steps": STEPS}), workdir)
-    assert _steps_on_disk(workdir) == ["10", "6", "8"]
+    assert _steps_on_disk(workdir) == KEPT
     _assert_same_state(_state(workdir), _state(reference))
 
 
@@ -164,21 +165,21 @@ def test_training_falls_back_past_an_unreadable_latest_step_and_keeps_it(
     err = capfd.readouterr().err
     notes = [s for s in err.splitlines() if "cannot be read" in s]
     assert len(notes) == 1, err[-3000:]
-    assert f"step {STEPS} " in notes[0] and "using step 8" in notes[0]
+    assert f"step {STEPS} " in notes[0] and "using step 4" in notes[0]
     assert f"corrupt-{STEPS}" in notes[0]
     # The damaged folder is kept, byte for byte, beside the rewritten step.
-    assert _steps_on_disk(workdir) == ["10", "6", "8", f"corrupt-{STEPS}"]
+    assert _steps_on_disk(workdir) == [*KEPT, f"corrupt-{STEPS}"]
     assert _tree_bytes(os.path.join(workdir, "checkpoints", f"corrupt-{STEPS}")) == damaged
     _assert_same_state(_state(workdir), _state(reference))
 
 
 def test_no_readable_checkpoint_is_one_error_and_nothing_is_moved(reference, data_dir, tmp_path):
     workdir = _copy_run(reference, tmp_path / "w")
-    for step in (6, 8, 10):
+    for step in (2, 4, 6):
         _corrupt(workdir, step)
     with pytest.raises(UserError, match="no checkpoint in .*checkpoints can be read"):
-        run(tiny_config(data_dir, **{"train.steps": 12}), workdir)
-    assert _steps_on_disk(workdir) == ["10", "6", "8"]
+        run(tiny_config(data_dir, **{"train.steps": STEPS + 2}), workdir)
+    assert _steps_on_disk(workdir) == KEPT
 
 
 def test_sample_uses_the_previous_step_when_the_latest_is_unreadable(reference, tmp_path):
@@ -188,15 +189,15 @@ def test_sample_uses_the_previous_step_when_the_latest_is_unreadable(reference, 
     proc = cli("sample.py", "--workdir", workdir, *common, "--out", str(tmp_path / "s"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     notes = [s for s in proc.stderr.splitlines() if "cannot be read" in s]
-    assert len(notes) == 1 and f"step {STEPS} " in notes[0] and "using step 8" in notes[0]
-    assert proc.stdout.startswith("step 8:"), proc.stdout
+    assert len(notes) == 1 and f"step {STEPS} " in notes[0] and "using step 4" in notes[0]
+    assert proc.stdout.startswith("step 4:"), proc.stdout
     assert os.path.exists(tmp_path / "s.npz")
     # Sampling only reads: the damaged folder stays where it was.
-    assert _steps_on_disk(workdir) == ["10", "6", "8"]
+    assert _steps_on_disk(workdir) == KEPT
 
     explicit = cli("sample.py", "--workdir", workdir, "--step", str(STEPS), *common)
     assert_user_error(explicit, f"step {STEPS}", "cannot be read", "another step")
-    for step in (6, 8):
+    for step in (2, 4):
         _corrupt(workdir, step)
     none = cli("sample.py", "--workdir", workdir, *common, "--out", str(tmp_path / "t"))
     assert_user_error(none, os.path.join(workdir, "checkpoints"), "can be read")

@@ -1,5 +1,6 @@
 """Orbax checkpoints of the TrainState in WORKDIR/checkpoints, one folder per step."""
 
+import logging
 import os
 import sys
 
@@ -70,6 +71,38 @@ def _restore_step(
     return out.state, out.meta
 
 
+class _DropAbandonedReads(logging.Filter):
+    """Drops asyncio's 'Task exception was never retrieved' for orbax's abandoned array reads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not (text.startswith("Task exception was never retrieved") and "orbax" in text)
+
+
+def _quiet_abandoned_reads() -> None:
+    """Silence the echoes of a failed restore, once per process.
+
+    When one array fails to read, orbax closes its event loop while TensorStore reads of the
+    other arrays are still in flight; each of them later raises 'Event loop is closed' in a
+    TensorStore thread (printed through sys.unraisablehook) or leaves an unretrieved task. That
+    is hundreds of tracebacks after the one-line report; only those exact errors are dropped.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "jldm_quiet", False):
+        return
+
+    def hook(args) -> None:
+        if isinstance(args.exc_value, RuntimeError) and str(args.exc_value) == (
+            "Event loop is closed"
+        ):
+            return
+        previous(args)
+
+    hook.jldm_quiet = True
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_DropAbandonedReads())
+
+
 def _reason(e: BaseException) -> str:
     """The first line of an exception, short enough to sit inside a one-line message."""
     lines = str(e).strip().splitlines()
@@ -92,6 +125,7 @@ def restore(
     try:
         return _restore_step(mngr, abstract_state, step)
     except Exception as e:  # orbax and tensorstore raise plain Exception/ValueError on bad bytes
+        _quiet_abandoned_reads()
         raise UserError(
             f"checkpoint step {step} in {mngr.directory} cannot be read ({_reason(e)}): "
             f"pick another step from {sorted(steps)}"
@@ -137,6 +171,7 @@ def restore_latest(
         try:
             state, meta = _restore_step(mngr, abstract_state, step)
         except Exception as e:  # orbax/tensorstore raise plain Exception/ValueError on bad bytes
+            _quiet_abandoned_reads()
             bad.append((step, _reason(e)))
             continue
         if bad:
