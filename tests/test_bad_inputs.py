@@ -32,9 +32,7 @@ CASES = [
     ("unknown-config-key", _train("--config.train.nonexistent=1"), ["nonexistent"]),
     ("override-wrong-type", _train("--config.train.steps=many"), ["steps"]),
     ("missing-config-file", ["train.py", "--config", "configs/nope.py", "--workdir", W], ["nope"]),
-    ("missing-config-flag", ["train.py", "--workdir", W], ["--config"]),
     ("missing-workdir-flag", ["train.py", "--config", "configs/digits_ddpm.py"], ["--workdir"]),
-    ("unknown-flag", [*_train(), "--workdri=x"], ["workdri"]),
     ("unprepared-tfds", _train("--config.data.name=mnist"), ["mnist", "not prepared"]),
     (
         "fashion-dir-absent",
@@ -50,11 +48,6 @@ CASES = [
     ("bad-dtype", _train("--config.model.dtype=float8"), ["dtype"]),
     ("half-distributed", [*_train(), "--num_processes=2"], ["--coordinator", "missing"]),
     (
-        "coordinator-no-port",
-        [*_train(), "--coordinator=localhost", "--num_processes=2", "--process_id=0"],
-        ["host:port"],
-    ),
-    (
         "process-id-out-of-range",
         [*_train(), "--coordinator=localhost:1234", "--num_processes=2", "--process_id=2"],
         ["--process_id=2"],
@@ -66,11 +59,9 @@ CASES = [
     ("sample-step-missing", _sample("--step", "3"), ["step 3"]),
     ("sample-bad-sampler", _sample("--sampler", "euler"), ["sampler"]),
     ("sample-class-out-of-range", _sample("--classes", "12"), ["classes"]),
-    ("sample-class-not-int", _sample("--classes", "a"), ["classes"]),
     ("sample-steps-too-many", _sample("--steps", "5000"), ["steps=5000"]),
     ("sample-negative-num", _sample("--num", "-1"), ["num"]),
     ("sample-guidance-type", _sample("--guidance", "high"), ["guidance"]),
-    ("sample-seed-type", _sample("--seed", "x"), ["seed"]),
     (
         "sample-out-not-writable",
         ["sample.py", "--workdir", W, "--out", "/proc/jldm/s"],
@@ -95,7 +86,7 @@ def outcomes(tmp_path_factory):
     """Run every case (a few at a time) on its own copy of one tiny trained run."""
     root = tmp_path_factory.mktemp("bad")
     data_dir, trained = str(root / "tfds"), str(root / "trained")
-    assert run(tiny_config(data_dir), trained)
+    assert run(tiny_config(data_dir, **{"train.steps": 2}), trained)
     reference = _snapshot(trained)
 
     def one(case):
