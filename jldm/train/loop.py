@@ -1,6 +1,5 @@
 """The training loop: data -> fused jitted steps -> logs, checkpoints, a final sample grid."""
 
-import contextlib
 import os
 import queue
 import signal
@@ -22,6 +21,7 @@ from jldm.train.config_io import write_config
 from jldm.train.factory import build_loss, build_model, downsample, is_latent, sr_factor
 from jldm.train.metrics_log import MetricWriter
 from jldm.train.sharding import batch_sharding, check_batch, make_mesh, state_sharding, to_global
+from jldm.train.signals import stop_requests
 from jldm.train.state import create_state, make_optimizer
 from jldm.train.step import make_train_step, mean_metrics
 
@@ -93,26 +93,8 @@ class _Feeder:
         return self.queue.get()
 
 
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
 class TrainingDiverged(UserError):
     """The loss or gradients became NaN/Inf; the last good checkpoint is kept."""
-
-
-@contextlib.contextmanager
-def _stop_requests():
-    """Record SIGTERM/SIGINT instead of dying, so the loop can checkpoint and exit cleanly."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    old = {s: signal.signal(s, lambda n, _: received.append(n)) for s in _STOP_SIGNALS}
-    try:
-        yield received
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def run(
@@ -181,7 +163,7 @@ def run(
     bar = tqdm(total=total, initial=start, unit="step", disable=not main, dynamic_ncols=True)
     t_last, s_last = time.perf_counter(), start
     skipped, done = 0, start
-    with _stop_requests() as stop:
+    with stop_requests() as stop:
         for step in range(start, total, k):
             state, metrics = train_step(state, feeder.next())
             done = step + k

@@ -14,10 +14,8 @@ Objectives (diffusion.objective) and what the network's condition c is:
 - vesde, vpsde, subvpsde: continuous-time DSM, c = t; pc, em (pc without corrector) or ode.
 """
 
-import contextlib
 import os
 import signal
-import threading
 import time
 
 import jax
@@ -35,6 +33,7 @@ from jldm.train import checkpoint
 from jldm.train.config_io import write_config
 from jldm.train.metrics_log import MetricWriter
 from jldm.train.objectives import build_sde, ncsn_sigmas
+from jldm.train.signals import stop_requests
 from jldm.train.state import TrainState, create_state, make_optimizer
 from jldm.train.step import make_update, mean_metrics
 
@@ -282,22 +281,6 @@ def mode_report(mix: GaussianMixture, x: np.ndarray) -> dict:
     }
 
 
-@contextlib.contextmanager
-def _stop_requests():
-    """Record SIGTERM/SIGINT instead of dying, so the run can checkpoint and exit cleanly."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    sigs = (signal.SIGTERM, signal.SIGINT)
-    old = {s: signal.signal(s, lambda n, _: received.append(n)) for s in sigs}
-    try:
-        yield received
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 def _exact_draws(mix: GaussianMixture, n: int, seed: int) -> np.ndarray:
     """n draws from mix in numpy: a reference that costs no XLA compilations. -> [n, D]."""
     means, stds, weights = (np.asarray(v, np.float64) for v in mix)
@@ -378,7 +361,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, force: bool = False) ->
     if start >= total:
         print(f"{workdir}: already trained to step {start} (train.steps={total})")
     t0, done, scalars = time.perf_counter(), start, {}
-    with _stop_requests() as stop:
+    with stop_requests() as stop:
         for step in range(start, total, t.steps_per_call):
             state, metrics = train_chunk(state)
             done = step + t.steps_per_call
