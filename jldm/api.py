@@ -103,10 +103,10 @@ def encode_images(run: Loaded, images: np.ndarray) -> np.ndarray:
     """Images [N,H,W,C] in [-1, 1] -> what the UNet denoises (scaled latents for an LDM)."""
     if run.stage1 is None:
         return np.asarray(images, np.float32)
-    ae, params, scale = run.stage1
-    return (
-        np.asarray(ae.apply({"params": params}, jnp.asarray(images), method=ae.encode).mean) * scale
-    )
+    from jldm.train import ldm
+
+    _, params, scale = run.stage1
+    return ldm.encode(run.config, params, np.asarray(images, np.float32)) * scale
 
 
 def decode(run: Loaded, x: jax.Array) -> jax.Array:
