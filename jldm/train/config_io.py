@@ -10,6 +10,8 @@ from jldm.errors import UserError
 
 # Sections that define what a checkpoint is; a workdir keeps them fixed across restarts.
 _ARCHITECTURE = ("model", "diffusion", "data", "text", "stage1")
+# Keys inside those sections that change how a step is computed, not what a checkpoint holds.
+_RUNTIME_ONLY = {"model.remat"}
 
 
 _ADDED_DEFAULTS = {"objective": "ddpm", "parameterization": "score"}
@@ -53,7 +55,7 @@ def write_config(workdir: str, config: ml_collections.ConfigDict, force: bool = 
             for s in _ARCHITECTURE
             # Keys only one side has are settings added to jldm since that run started.
             for k in set(a.get(s, {})) & set(b.get(s, {}))
-            if a[s][k] != b[s][k]
+            if a[s][k] != b[s][k] and f"{s}.{k}" not in _RUNTIME_ONLY
         )
         if diff and force:
             old_ckpt = os.path.join(workdir, "checkpoints")
