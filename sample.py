@@ -20,7 +20,7 @@ flags.DEFINE_enum(
     None,
     ["ddpm", "ddim", "als", "pc", "em", "ode"],
     "Sampler (default: config.sample.sampler): ddpm|ddim for DDPM runs, als (annealed Langevin) "
-    "for NCSN runs, pc|em|ode for SDE runs.",
+    "for NCSN runs, pc|em|ode for SDE runs; ddim|ddpm|pc|ode with --pretrained.",
 )
 flags.DEFINE_integer("steps", None, "DDIM/PC/EM/ODE steps (default: config.sample.steps).")
 flags.DEFINE_float("guidance", None, "Classifier-free guidance scale; 1 = conditional only.")

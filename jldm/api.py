@@ -286,14 +286,17 @@ def bits_per_dim(
     images_u8: np.ndarray,
     labels: np.ndarray | None = None,
     seed: int = 0,
-    steps: int = 100,
+    steps: int | None = None,
+    tol: float = 1e-5,
     batch_size: int = 64,
-) -> np.ndarray:
+    with_nfe: bool = False,
+):
     """Bits/dim of 8-bit images [N,H,W,C] under the run's probability-flow ODE. -> [N].
 
-    Uniform dequantisation, fixed-step RK4 with a Hutchinson divergence (one Rademacher probe
-    per image); labels None scores the unconditional model (the null class). Defined for the SDE
-    objectives only.
+    Uniform dequantisation and a Hutchinson divergence (one Rademacher probe per image), the ODE
+    solved adaptively to rtol = atol = tol, or by `steps` fixed RK4 steps; labels None scores
+    the unconditional model (the null class). with_nfe: also return the network evaluations per
+    image ([N], each image's batch). Defined for the SDE objectives only.
     """
     sde = build_sde(run.config)
     if sde is None:
@@ -318,15 +321,18 @@ def bits_per_dim(
         k_deq, k_probe = jax.random.split(key)
         x = dequantize(k_deq, pixels)
         score_fn = lambda z, t: net(run.params, z, t, y)
-        return ode_likelihood(sde, score_fn, k_probe, x, steps)[1]
+        _, bpd, _, nfe = ode_likelihood(sde, score_fn, k_probe, x, steps, tol=tol)
+        return bpd, nfe
 
-    out = []
+    out, nfes = [], []
     key = jax.random.PRNGKey(seed)
     for i in range(0, n, batch_size):
         pix, y = images_u8[i : i + batch_size], np.asarray(labels[i : i + batch_size], np.int32)
         pad = batch_size - pix.shape[0]  # one compiled shape for every chunk
         pix = np.concatenate([pix, np.zeros((pad, *pix.shape[1:]), pix.dtype)])
         y = np.concatenate([y, np.full((pad,), d.num_classes, np.int32)])
-        bpd = chunk(jax.random.fold_in(key, i), pix, y)
+        bpd, nfe = chunk(jax.random.fold_in(key, i), pix, y)
         out.append(np.asarray(bpd)[: batch_size - pad])
-    return np.concatenate(out)
+        nfes.append(np.full((batch_size - pad,), int(nfe)))
+    bpd = np.concatenate(out)
+    return (bpd, np.concatenate(nfes)) if with_nfe else bpd

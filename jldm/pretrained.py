@@ -18,10 +18,11 @@ import numpy as np
 from jldm.convert.folder import component_dir
 from jldm.convert.pipeline import Pretrained, load_pretrained
 from jldm.convert.scheduler import inference_pairs
-from jldm.diffusion.samplers import classifier_free_guidance, ddim_step
+from jldm.diffusion.samplers import classifier_free_guidance, ddim_step, eps_score, heun_step
+from jldm.diffusion.score_samplers import langevin_corrector
 from jldm.errors import UserError
 
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "pc", "ode")
 
 
 def load_tokenizer(root: str):
@@ -83,13 +84,17 @@ def make_text_to_image(
     guidance: float = 7.5,
     sampler: str = "ddim",
     eta: float = 0.0,
+    snr: float = 0.16,
+    corrector_steps: int = 1,
 ):
     """Jitted (params, ids [B,L], null_ids [B,L], key, x_T) -> images [B,H,W,C] in [0, 1].
 
     x_T: [B, H/f, W/f, latent channels], the starting latents (see initial_latents); key draws
-    the ancestral noise.
-    ddim: DDIM with eta on diffusers' timestep grid; ddpm: ancestral sampling on the same grid
-    (DDIM with eta = 1 and alpha_bar = 1 after the last step, which is the DDPM posterior).
+    the ancestral noise. Every sampler walks diffusers' DDIM timestep grid:
+    ddim: DDIM with eta; ddpm: ancestral sampling (DDIM with eta = 1 and alpha_bar = 1 after
+    the last step, which is the DDPM posterior); pc: corrector_steps Langevin steps at signal-
+    to-noise snr (score -eps_hat / sqrt(1 - alpha_bar)) before each ancestral step; ode: the
+    probability-flow ODE by Heun's method (see heun_step), 2 evaluations a step.
     """
     if sampler not in SAMPLERS:
         raise UserError(f"--sampler={sampler} with --pretrained: use one of {SAMPLERS}")
@@ -101,7 +106,7 @@ def make_text_to_image(
             f"--height={height} --width={width}: both must be positive multiples of {multiple}"
         )
     sched = pipe.scheduler
-    if sampler == "ddpm":
+    if sampler in ("ddpm", "pc"):
         pairs, eta = inference_pairs(sched, steps, alpha_one_at_end=True), 1.0
     else:
         pairs = inference_pairs(sched, steps)
@@ -118,6 +123,12 @@ def make_text_to_image(
 
         def body(x, tt):
             t, t_prev = tt[0], tt[1]
+            if sampler == "ode":
+                return heun_step(model_fn, sched.schedule, x, t, t_prev, sched.prediction), None
+            if sampler == "pc":
+                score = eps_score(model_fn, sched.schedule, sched.prediction)
+                k_corr = jax.random.fold_in(jax.random.fold_in(key, t), 1)
+                x, _ = langevin_corrector(score, k_corr, x, t, snr, corrector_steps)
             out = model_fn(x, jnp.full((batch,), t))
             noise = (
                 jax.random.normal(jax.random.fold_in(key, t), shape)

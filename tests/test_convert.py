@@ -183,6 +183,26 @@ def test_text_to_image_matches_diffusers_pipeline(sd):
     assert rel_err(ours, ref) < TOL
 
 
+def test_pc_and_ode_samplers_on_the_pretrained_pipeline(sd):
+    flavour, _, models, pipe = sd
+    if flavour == "sd1":
+        pytest.skip("one flavour (v-prediction) is enough")
+    tok = models["tokenizer"]
+    ids, null = tokenize(tok, PROMPTS, MAX_LENGTH), tokenize(tok, ["", "blue"], MAX_LENGTH)
+    x_T = np.random.default_rng(4).standard_normal((2, 8, 8, 4)).astype(np.float32)
+
+    def images(sampler):  # one compiled program, two keys
+        go = make_text_to_image(pipe, 2, 16, 16, steps=3, guidance=7.5, sampler=sampler)
+        out = [np.asarray(go(pipe.params, ids, null, jax.random.PRNGKey(k), x_T)) for k in (0, 1)]
+        assert np.all(np.isfinite(out)) and np.min(out) >= 0 and np.max(out) <= 1
+        return out
+
+    ode, pc, ddpm = images("ode"), images("pc"), images("ddpm")
+    np.testing.assert_array_equal(ode[0], ode[1])  # the flow draws no noise
+    assert np.abs(pc[0] - pc[1]).max() > 1e-4  # pc does
+    # The same ancestral noise; the corrector steps move the samples.
+    assert np.abs(pc[0] - ddpm[0]).max() > 1e-4
+
 def test_orbax_cache_reloads_and_follows_the_weights(sd):
     flavour, root, _, first = sd
     if flavour == "sd2":
@@ -285,7 +305,7 @@ def test_bad_requests_are_user_errors(sd):
     with pytest.raises(UserError, match="multiples of 8"):
         make_text_to_image(pipe, 1, 12, 16)
     with pytest.raises(UserError, match="ddim"):
-        make_text_to_image(pipe, 1, 16, 16, sampler="pc")
+        make_text_to_image(pipe, 1, 16, 16, sampler="als")
     with pytest.raises(UserError, match="2 negative prompts for 1"):
         generate_text_to_image(pipe, ["cat"], ["a", "b"])
 

@@ -122,3 +122,13 @@ def test_super_resolution_run_sharpens_given_low_res_images(tmp_path):
     assert y.shape == (2, 8, 8, 1) and np.isfinite(y).all()
     with pytest.raises(api.UserError, match="low-resolution images of shape"):
         api.generate(loaded, [1, 2], steps=2, low_res=low[:, :1])
+
+
+def test_compare_reports_both_stages_training_speed_and_prompted_accuracy(trained):
+    from jldm.eval import compare
+
+    _, workdir = trained
+    row = compare.compare_one(workdir, 4, 1, 2.0, 0, 0)
+    assert row["train_steps_s"] > 0 and row["stage1_steps_s"] > 0
+    assert row["images_s"] == pytest.approx(row["num_samples"] / row["sample_s"])
+    assert 0 <= row["class_accuracy"] <= 1 and row["bits_per_dim"] is None

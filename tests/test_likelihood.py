@@ -65,7 +65,7 @@ def test_exact_trace_likelihood_matches_the_gaussian_closed_form(name):
     score = gaussian_score(sde)
     score_fn = lambda x, t: calls.append(1) or score(x, t)
     f = jax.jit(lambda k, x: ode_likelihood(sde, score_fn, k, x, 50, hutchinson=False, eps=EPS))
-    logp, bpd, z = f(jax.random.PRNGKey(0), jnp.asarray(x, jnp.float32))
+    logp, bpd, z, _ = f(jax.random.PRNGKey(0), jnp.asarray(x, jnp.float32))
     traces = len(calls)
     f(jax.random.PRNGKey(1), jnp.asarray(x[::-1], jnp.float32))
     assert len(calls) == traces, "ode_likelihood retraced"
@@ -83,7 +83,7 @@ def test_hutchinson_likelihood_holds_its_probe_and_is_unbiased(name, probe):
     sde, reps, key = SDES[name], 256, jax.random.PRNGKey(3)
     x = MU + np.random.default_rng(2).normal(size=(2, D)) @ np.linalg.cholesky(SIGMA).T
     xs = jnp.asarray(np.repeat(x, reps, axis=0), jnp.float32)  # one probe per copy
-    logp, _, z = jax.jit(
+    logp, _, z, _ = jax.jit(
         lambda k: ode_likelihood(sde, gaussian_score(sde), k, xs, 50, probe=probe, eps=EPS)
     )(key)
     # The drift's Jacobian U diag(c'/2c) U^T does not depend on x, so with a fixed probe v
@@ -115,3 +115,42 @@ def test_dequantize_fills_each_pixel_bin():
     lo = np.array([0, 127, 255])[:, None] / 128.0 - 1.0
     assert np.all(y >= lo) and np.all(y < lo + 1 / 128.0)
     np.testing.assert_allclose(y.mean(1), lo[:, 0] + 0.5 / 128, atol=2e-4)
+
+
+@pytest.mark.parametrize("name", list(SDES))
+def test_adaptive_likelihood_matches_the_closed_form_and_beats_a_uniform_grid_on_sharp_data(name):
+    """Data N(0, s^2 I) with s at the scale of 8-bit pixel bins: the flow is stiff near eps.
+
+    Here c_t = alpha^2 s^2 + std^2 and the flow scales x by sqrt(c_t / c_eps), so the integrated
+    divergence is exactly 0.5 D log(c_T / c_eps).
+    """
+    sde, s, d = SDES[name], 0.004, 4
+
+    def c(t):
+        a, std = (float(v) for v in sde.mean_coef_std(jnp.float32(t)))
+        return a**2 * s**2 + std**2
+
+    def score_fn(x, t):
+        a, std = sde.mean_coef_std(t)
+        return -x / (a[:, None] ** 2 * s**2 + std[:, None] ** 2)
+
+    x = jnp.asarray(s * np.random.default_rng(4).normal(size=(5, d)), jnp.float32)
+    exact = 0.5 * d * math.log(c(sde.T) / c(EPS))
+
+    def delta(n_steps):
+        f = lambda k: ode_likelihood(sde, score_fn, k, x, n_steps, False, eps=EPS)
+        logp, _, z, nfe = jax.jit(f)(jax.random.PRNGKey(0))
+        return np.asarray(logp - sde.prior_logp(z), np.float64), int(nfe)
+
+    adaptive, nfe = delta(None)
+    np.testing.assert_allclose(adaptive, exact, rtol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(x) * math.sqrt(c(sde.T) / c(EPS)),
+        np.asarray(
+            ode_likelihood(sde, score_fn, jax.random.PRNGKey(0), x, None, False, eps=EPS)[2]
+        ),
+        rtol=1e-3,
+    )
+    uniform, _ = delta(nfe // 4)  # RK4 at the same number of evaluations
+    if name == "vp":  # std(t)^2 ~ beta_min t: the uniform grid's first step overshoots
+        assert np.all(np.abs(uniform - exact) > 100 * np.abs(adaptive - exact))

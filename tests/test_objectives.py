@@ -162,7 +162,8 @@ def test_compare_matches_the_budget_and_reports_bits_per_dim(runs, tmp_path):
     # vpsde pc: 12 evaluations per image -> 6 steps of predictor + corrector
     assert (vp["sampler"], vp["steps"], vp["nfe"]) == ("pc", 6, 24)
     # an untrained tiny model on a 2-step ODE: only finiteness and sign are meaningful
-    assert 0 < vp["bits_per_dim"] < np.inf and vp["bpd_images"] == 4
+    assert 0 < vp["bits_per_dim"] < np.inf and vp["bpd_images"] == 4 and vp["bpd_nfe"] == 8
+    assert all(r["train_steps_s"] > 0 and r["stage1_steps_s"] is None for r in rows)
     for r in rows:
         assert 0 <= r["class_accuracy"] <= 1 and r["frechet"] > 0
     table = compare.markdown(rows)

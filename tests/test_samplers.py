@@ -9,11 +9,15 @@ from jldm.diffusion.samplers import (
     classifier_free_guidance,
     ddim_invert,
     ddim_sample,
+    ddim_step,
     ddim_timesteps,
     ddpm_sample,
     ddpm_step,
+    eps_score,
+    heun_step,
 )
 from jldm.diffusion.schedules import make_schedule
+from jldm.diffusion.score_samplers import langevin_corrector
 
 SCHED = make_schedule("linear", 200, 1e-4, 0.05)
 FINE = make_schedule("linear", 1000, 1e-4, 0.02)
@@ -118,3 +122,75 @@ def test_guidance_scale_one_is_the_conditional_model_and_scale_combines_linearly
     )
     g = classifier_free_guidance(apply_fn, cond, null, 3.0)(x, t)
     np.testing.assert_allclose(g, 1 + 3 * (cond[:, None] - 1) * x)
+
+
+def _walk(step, x, steps, sched=FINE):
+    """x after step(x, t, t_prev) along the DDIM grid of `steps` steps to the clean end (jitted)."""
+    ts = ddim_timesteps(sched.num_timesteps, steps)
+    pairs = jnp.asarray(np.stack([ts, np.append(ts[1:], -1)], axis=1))
+    body = lambda x, tt: (step(x, tt[0], tt[1]), None)
+    return jax.jit(lambda x: jax.lax.scan(body, x, pairs)[0])(x)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_heun_follows_the_gaussian_probability_flow_far_closer_than_ddim(prediction):
+    """Data N(mu, s^2): the flow maps x_T to mu + (x_T - a_T mu) s / sqrt(a_T^2 s^2 + 1 - a_T^2).
+
+    Heun is second order in the step (error 0.026 at 20 steps, 0.0037 at 50), DDIM first order
+    (0.18, 0.074).
+    """
+    mu, s = 0.3, 0.5
+    eps_fn = gaussian_eps(mu, s, FINE)
+
+    def model_fn(x, t):  # the same exact model as eps or v output
+        if prediction == "eps":
+            return eps_fn(x, t)
+        abar = FINE.alphas_cumprod[t].reshape(-1, 1)
+        x0 = (x - jnp.sqrt(1 - abar) * eps_fn(x, t)) / jnp.sqrt(abar)
+        return jnp.sqrt(abar) * eps_fn(x, t) - jnp.sqrt(1 - abar) * x0
+
+    x_T = jax.random.normal(jax.random.PRNGKey(0), (64, 3))
+    a_T = float(np.sqrt(np.float64(FINE.alphas_cumprod[-1])))
+    exact = mu + (np.asarray(x_T, np.float64) - a_T * mu) * s / np.sqrt(a_T**2 * s**2 + 1 - a_T**2)
+
+    def ddim(x, t, tp):
+        out = model_fn(x, jnp.full((x.shape[0],), t))
+        return ddim_step(FINE, x, t, tp, out, 0 * x, 0.0, prediction)
+
+    err = {}
+    for n in (20, 50):
+        heun = _walk(lambda x, t, tp: heun_step(model_fn, FINE, x, t, tp, prediction), x_T, n)
+        err["heun", n] = np.abs(np.asarray(heun) - exact).max()
+        err["ddim", n] = np.abs(np.asarray(_walk(ddim, x_T, n)) - exact).max()
+    assert err["heun", 50] < 0.006 and err["heun", 20] < err["ddim", 20] / 5, err
+    assert err["heun", 20] / err["heun", 50] > 4 > 3 > err["ddim", 20] / err["ddim", 50], err
+
+
+def test_pc_with_the_exact_eps_corrects_the_variance_ancestral_steps_lose():
+    """Data N(mu, s^2): 50 coarse ancestral steps shrink the spread (std 0.445 for 0.5); one
+    Langevin corrector step each (score -eps / sqrt(1 - alpha_bar), snr 0.16) restores part."""
+    mu, s, steps = 0.3, 0.5, 50
+    model_fn = gaussian_eps(mu, s, FINE)
+    score = eps_score(model_fn, FINE)
+    x = jax.random.normal(jax.random.PRNGKey(1), (4000, 2))
+    abar = FINE.alphas_cumprod[500]
+    np.testing.assert_allclose(
+        score(x, jnp.full((4000,), 500.0)),
+        -(x - jnp.sqrt(abar) * mu) / (abar * s**2 + 1 - abar),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+    def walk(n_corrector):
+        def step(x, t, tp):
+            key = jax.random.fold_in(jax.random.PRNGKey(2), t)
+            if n_corrector:
+                x, _ = langevin_corrector(score, jax.random.fold_in(key, 1), x, t, 0.16, 1)
+            out = model_fn(x, jnp.full((x.shape[0],), t))
+            return ddim_step(FINE, x, t, tp, out, jax.random.normal(key, x.shape), 1.0)
+
+        return np.asarray(_walk(step, x, steps), np.float64)
+
+    ancestral, pc = walk(0), walk(1)
+    assert abs(pc.mean() - mu) < 0.02 and abs(pc.std() - s) < 0.04, (pc.mean(), pc.std())
+    assert abs(pc.std() - s) < 0.6 * abs(ancestral.std() - s), (pc.std(), ancestral.std())

@@ -17,6 +17,7 @@ from jldm.diffusion.score_samplers import (
     langevin,
     langevin_corrector,
     ode_sample,
+    odeint_adaptive,
     odeint_fixed,
     pc_sample,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "make_sliced_loss",
     "ode_likelihood",
     "ode_sample",
+    "odeint_adaptive",
     "odeint_fixed",
     "pc_sample",
     "perceptual_distance",

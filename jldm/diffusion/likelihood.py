@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from jldm.diffusion.score_losses import exact_trace, sample_probe
-from jldm.diffusion.score_samplers import odeint_fixed
+from jldm.diffusion.score_samplers import odeint_adaptive, odeint_fixed
 from jldm.diffusion.sde import SDE
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -44,18 +44,24 @@ def ode_likelihood(
     score_fn: ScoreFn,
     key: jax.Array,
     x: jax.Array,
-    n_steps: int = 100,
+    n_steps: int | None = None,
     hutchinson: bool = True,
     probe: str = "rademacher",
     eps: float = 1e-5,
     levels: int = 256,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """log p_eps(x), bits/dim and the prior point z = x(T). x: [B,...] -> ([B], [B], [B,...]).
+    tol: float = 1e-5,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """log p_eps(x), bits/dim, the prior point z = x(T) and the flow evaluations per image.
 
-    The flow and its divergence are integrated jointly from eps to T by fixed-step RK4 in one
-    scan. hutchinson: div ~ v^T (grad f~) v with one probe per sample, v = sample_probe(key,
-    x.shape, probe), held fixed along the path (unbiased); otherwise the exact trace (D jvps).
-    bits/dim assume `levels`-level data scaled to [-1, 1] (see bits_per_dim).
+    x: [B,...] -> ([B], [B], [B,...], scalar). The flow and its divergence are integrated
+    jointly from eps to T in one loop on device: adaptive Dormand-Prince with rtol = atol = tol
+    by default, fixed-step RK4 when n_steps is given. For data concentrated at the scale s of a
+    pixel bin the divergence near eps is of order D g(t)^2 / (s^2 + std(t)^2): a uniform grid's
+    first step, evaluated at eps, overshoots its integral by nats per dimension, while the
+    adaptive solver shortens its steps there. hutchinson: div ~ v^T
+    (grad f~) v with one probe per sample, v = sample_probe(key, x.shape, probe), held fixed
+    along the path (unbiased); otherwise the exact trace (D jvps). bits/dim assume `levels`-level
+    data scaled to [-1, 1] (see bits_per_dim).
     """
     v = sample_probe(key, x.shape, probe) if hutchinson else None
 
@@ -69,6 +75,10 @@ def ode_likelihood(
             f, div = exact_trace(drift, y)
         return f, div
 
-    z, delta = odeint_fixed(flow, (x, jnp.zeros((x.shape[0],), x.dtype)), eps, sde.T, n_steps)
+    y0 = (x, jnp.zeros((x.shape[0],), x.dtype))
+    if n_steps is None:
+        (z, delta), nfe = odeint_adaptive(flow, y0, eps, sde.T, tol, tol)
+    else:
+        (z, delta), nfe = odeint_fixed(flow, y0, eps, sde.T, n_steps), jnp.asarray(4 * n_steps)
     logp = sde.prior_logp(z) + delta
-    return logp, bits_per_dim(logp, math.prod(x.shape[1:]), levels), z
+    return logp, bits_per_dim(logp, math.prod(x.shape[1:]), levels), z, nfe

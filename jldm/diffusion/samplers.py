@@ -1,4 +1,4 @@
-"""Samplers for discrete-time diffusion: ancestral DDPM and DDIM, each one lax.scan.
+"""Samplers for discrete-time diffusion: ancestral DDPM, DDIM and Heun steps, each one lax.scan.
 
 A sampler takes model_fn(x [B,...], t [B] int) -> model output and never leaves the device.
 """
@@ -190,3 +190,50 @@ def ddim_invert(
 
     x, _ = jax.lax.scan(body, x0, pairs)
     return x
+
+
+def eps_score(model_fn: ModelFn, schedule: Schedule, prediction: str = "eps") -> ModelFn:
+    """score_fn(x, t) = -eps_hat(x, t) / sqrt(1 - alpha_bar_t) of a model on the schedule.
+
+    t: [B] timesteps, integers or integer-valued floats (as the score samplers pass them).
+    """
+
+    def score_fn(x: jax.Array, t: jax.Array) -> jax.Array:
+        t = t.astype(jnp.int32)
+        _, eps = predict_x0_eps(schedule, x, t, model_fn(x, t), prediction)
+        std = jnp.sqrt(1.0 - schedule.alphas_cumprod[t]).reshape((-1,) + (1,) * (x.ndim - 1))
+        return -eps / std
+
+    return score_fn
+
+
+def heun_step(
+    model_fn: ModelFn,
+    schedule: Schedule,
+    x_t: jax.Array,
+    t: jax.Array,
+    t_prev: jax.Array,
+    prediction: str = "eps",
+) -> jax.Array:
+    """One probability-flow ODE step x_t -> x_{t_prev} by Heun's method; t_prev < 0: the clean end.
+
+    In xbar = x / sqrt(alpha_bar) and sigma = sqrt(1 / alpha_bar - 1) the ODE is
+    d xbar / d sigma = eps_hat(x, t). Its Euler step is DDIM with eta 0; Heun averages eps_hat at
+    both ends (2 evaluations). The step onto sigma = 0 (t_prev < 0) stays Euler, 1 evaluation.
+    """
+    b = x_t.shape[0]
+    abar = schedule.alphas_cumprod[t]
+    abar_prev = jnp.where(t_prev >= 0, schedule.alphas_cumprod[jnp.maximum(t_prev, 0)], 1.0)
+    sigma, sigma_prev = jnp.sqrt(1 / abar - 1), jnp.sqrt(1 / abar_prev - 1)
+    eps_at = lambda x, s: predict_x0_eps(
+        schedule, x, jnp.full((b,), s), model_fn(x, jnp.full((b,), s)), prediction
+    )[1]
+    e1 = eps_at(x_t, t)
+    xbar = x_t / jnp.sqrt(abar)
+    euler = xbar + (sigma_prev - sigma) * e1
+
+    def heun():
+        e2 = eps_at(euler * jnp.sqrt(abar_prev), jnp.maximum(t_prev, 0))
+        return xbar + (sigma_prev - sigma) * 0.5 * (e1 + e2)
+
+    return jax.lax.cond(t_prev >= 0, heun, lambda: euler) * jnp.sqrt(abar_prev)

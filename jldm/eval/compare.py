@@ -3,8 +3,10 @@
 Every workdir is sampled with its own configured sampler, its step count set so that one image
 costs about --nfe network evaluations (guidance included), the same images per class and seed.
 Prints a Markdown table and writes it with one JSON object per run (OUT.md, OUT.jsonl):
-objective, sampler, NFE, compile and sampling seconds, class accuracy and Frechet distance in
-the project's classifier space, and bits/dim of the test split where the objective defines it.
+objective, sampler, NFE, compile and sampling seconds, images/s, the training speed read from
+the run's metrics (median steps/s, and for a latent run its stage 1's too), class accuracy and
+Frechet distance in the project's classifier space (a text-conditional run is prompted with each
+class's first caption), and bits/dim of the test split where the objective defines it.
 """
 
 import json
@@ -24,7 +26,8 @@ flags.DEFINE_integer("per_class", 50, "Samples per class for the quality figures
 flags.DEFINE_float("guidance", None, "Guidance scale for every run (default: each config's).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("bpd_images", 256, "Test images for bits/dim (0 skips it).")
-flags.DEFINE_integer("bpd_steps", 100, "RK4 steps of the likelihood ODE.")
+flags.DEFINE_integer("bpd_steps", 0, "Fixed RK4 steps of the likelihood ODE (0: adaptive).")
+flags.DEFINE_float("bpd_tol", 1e-5, "Tolerance of the adaptive likelihood ODE solver.")
 flags.DEFINE_string("out", "compare", "Output prefix: OUT.md and OUT.jsonl.")
 FLAGS = flags.FLAGS
 
@@ -35,10 +38,25 @@ COLUMNS = [
     ("nfe", "{}"),
     ("compile_s", "{:.1f}"),
     ("sample_s", "{:.2f}"),
+    ("images_s", "{:.1f}"),
+    ("train_steps_s", "{:.2f}"),
+    ("stage1_steps_s", "{:.2f}"),
     ("class_accuracy", "{:.3f}"),
     ("frechet", "{:.2f}"),
     ("bits_per_dim", "{:.3f}"),
+    ("bpd_nfe", "{:.0f}"),
 ]
+
+
+def train_speed(workdir: str) -> float | None:
+    """Median steps/s logged in WORKDIR/metrics.jsonl (None without a log or figures)."""
+    try:
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError):
+        return None
+    speeds = [r["steps_per_sec"] for r in rows if "steps_per_sec" in r]
+    return float(np.median(speeds)) if speeds else None
 
 
 def matched_steps(run: api.Loaded, nfe: int, guidance: float) -> tuple[api.Loaded, int]:
@@ -66,7 +84,8 @@ def compare_one(
     guidance: float | None,
     seed: int,
     bpd_images: int,
-    bpd_steps: int = 100,
+    bpd_steps: int = 0,
+    bpd_tol: float = 1e-5,
 ) -> dict:
     """One row of the table for the run in workdir (guidance None: the run's config)."""
     from jldm.data import load_split, preprocess, to_unit
@@ -74,10 +93,15 @@ def compare_one(
 
     run = api.load(workdir)
     d, s = run.config.data, run.config.sample
+    stage1_speed = None
+    if run.stage1 is not None:
+        from jldm.train.ldm import stage1_folder
+
+        stage1_speed = train_speed(stage1_folder(run.config, workdir))
     g = s.guidance if guidance is None else guidance
     run, steps = matched_steps(run, nfe, g)
     labels = np.repeat(np.arange(d.num_classes, dtype=np.int32), per_class)
-    go = api.make_generator(run, labels, s.sampler, steps, g, s.eta)
+    go = api.make_generator(run, api.conditions(run, labels), s.sampler, steps, g, s.eta)
     key = jax.random.PRNGKey(seed)
     t0 = time.perf_counter()
     compiled = go.lower(key).compile()
@@ -97,6 +121,9 @@ def compare_one(
         "guidance": g,
         "compile_s": t1 - t0,
         "sample_s": t2 - t1,
+        "images_s": len(labels) / (t2 - t1),
+        "train_steps_s": train_speed(workdir),
+        "stage1_steps_s": stage1_speed,
         "num_samples": len(labels),
         "bits_per_dim": None,
     }
@@ -107,8 +134,10 @@ def compare_one(
         test = load_split(d.name, "test", d.data_dir, d.fashion_dir)
         x01 = to_unit(preprocess(test.images[:bpd_images], d.resolution))
         u8 = np.round(x01 * 255.0).astype(np.uint8)  # the test split rendered at 8 bits
-        bpd = api.bits_per_dim(run, u8, seed=seed, steps=bpd_steps)
-        row.update(bits_per_dim=float(np.mean(bpd)), bpd_images=len(bpd))
+        bpd, nfe = api.bits_per_dim(
+            run, u8, seed=seed, steps=bpd_steps or None, tol=bpd_tol, with_nfe=True
+        )
+        row.update(bits_per_dim=float(np.mean(bpd)), bpd_images=len(bpd), bpd_nfe=float(nfe.mean()))
     return row
 
 
@@ -142,6 +171,7 @@ def main(workdirs: list[str]) -> None:
             FLAGS.seed,
             FLAGS.bpd_images,
             FLAGS.bpd_steps,
+            FLAGS.bpd_tol,
         )
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -8,6 +8,7 @@ from stage1.disc_start on. Autoencoder and discriminator params live in one Trai
 """
 
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -186,6 +187,7 @@ def train(config: ml_collections.ConfigDict, folder: str, images: np.ndarray, la
     writer = MetricWriter(folder, enabled=main)
     sharding = batch_sharding(mesh)
     bar = tqdm(total=a.steps, initial=start, unit="step", disable=not main, desc="stage 1")
+    t_last, s_last = time.perf_counter(), start
     for step in range(start, a.steps):
         idx = batches_for(
             config.seed,
@@ -203,6 +205,9 @@ def train(config: ml_collections.ConfigDict, folder: str, images: np.ndarray, la
             scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
             if not np.isfinite(scalars["loss"]):
                 raise UserError(f"stage-1 loss became NaN/Inf at step {done}: lower stage1.lr")
+            now = time.perf_counter()
+            scalars["steps_per_sec"] = (done - s_last) / (now - t_last)
+            t_last, s_last = now, done
             writer.write(done, scalars)
             bar.set_postfix(rec=f"{scalars['rec']:.3f}")
         if done % a.checkpoint_every == 0 or done == a.steps:
