@@ -203,6 +203,7 @@ def test_pc_and_ode_samplers_on_the_pretrained_pipeline(sd):
     # The same ancestral noise; the corrector steps move the samples.
     assert np.abs(pc[0] - ddpm[0]).max() > 1e-4
 
+
 def test_orbax_cache_reloads_and_follows_the_weights(sd):
     flavour, root, _, first = sd
     if flavour == "sd2":
