@@ -300,11 +300,12 @@ def test_two_processes_train_like_one_with_the_same_global_batch(data_dir, tmp_p
     assert int(a.step) == int(b.step) == steps
     # The gradient all-reduce runs in gloo across processes instead of inside one process, so
     # float32 sums are added in another order: the runs agree to rounding, not bit for bit
-    # (about 3e-7 of each leaf's norm here, after 4 steps).
+    # (at most 1.1e-6 of a leaf's norm here after 4 steps, on a bias's Adam moment; a wrong
+    # batch split or a missing all-reduce would differ by the order of the norm itself).
     for x, y in zip(
         jax.tree_util.tree_leaves((a.params, a.ema_params, a.opt_state)),
         jax.tree_util.tree_leaves((b.params, b.ema_params, b.opt_state)),
         strict=True,
     ):
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        assert np.linalg.norm(y - x) <= 1e-6 * np.linalg.norm(x), np.abs(y - x).max()
+        assert np.linalg.norm(y - x) <= 1e-5 * np.linalg.norm(x), np.abs(y - x).max()

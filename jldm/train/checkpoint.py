@@ -71,35 +71,44 @@ def _restore_step(
     return out.state, out.meta
 
 
+def _loop_closed(exc: BaseException | None) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
 class _DropAbandonedReads(logging.Filter):
-    """Drops asyncio's 'Task exception was never retrieved' for orbax's abandoned array reads."""
+    """Drops asyncio's never-retrieved task/future reports of orbax's abandoned array reads."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        return not (text.startswith("Task exception was never retrieved") and "orbax" in text)
+        exc = record.exc_info[1] if record.exc_info else None
+        ours = "orbax" in text or "Event loop is closed" in text or _loop_closed(exc)
+        return not ("exception was never retrieved" in text and ours)
 
 
 def _quiet_abandoned_reads() -> None:
-    """Silence the echoes of a failed restore, once per process.
+    """Silence the echoes of a failed restore, once per process, before any restore starts.
 
     When one array fails to read, orbax closes its event loop while TensorStore reads of the
-    other arrays are still in flight; each of them later raises 'Event loop is closed' in a
-    TensorStore thread (printed through sys.unraisablehook) or leaves an unretrieved task. That
-    is hundreds of tracebacks after the one-line report; only those exact errors are dropped.
+    other arrays are still in flight; each of them then raises 'Event loop is closed' in a
+    TensorStore thread (printed through sys.unraisablehook or sys.excepthook) or leaves an
+    unretrieved task or future. That is hundreds of tracebacks around the one-line report, and
+    they can fire before the failed restore returns, so the filters go in first; only those
+    exact errors are dropped.
     """
-    previous = sys.unraisablehook
+    previous, previous_except = sys.unraisablehook, sys.excepthook
     if getattr(previous, "jldm_quiet", False):
         return
 
     def hook(args) -> None:
-        if isinstance(args.exc_value, RuntimeError) and str(args.exc_value) == (
-            "Event loop is closed"
-        ):
-            return
-        previous(args)
+        if not _loop_closed(args.exc_value):
+            previous(args)
+
+    def except_hook(kind, value, tb) -> None:
+        if not _loop_closed(value):
+            previous_except(kind, value, tb)
 
     hook.jldm_quiet = True
-    sys.unraisablehook = hook
+    sys.unraisablehook, sys.excepthook = hook, except_hook
     logging.getLogger("asyncio").addFilter(_DropAbandonedReads())
 
 
@@ -122,10 +131,10 @@ def restore(
         raise UserError(
             f"no checkpoint for step {step} in {mngr.directory}: available steps {sorted(steps)}"
         )
+    _quiet_abandoned_reads()
     try:
         return _restore_step(mngr, abstract_state, step)
     except Exception as e:  # orbax and tensorstore raise plain Exception/ValueError on bad bytes
-        _quiet_abandoned_reads()
         raise UserError(
             f"checkpoint step {step} in {mngr.directory} cannot be read ({_reason(e)}): "
             f"pick another step from {sorted(steps)}"
@@ -167,11 +176,11 @@ def restore_latest(
     if not steps:
         raise UserError(f"no checkpoint in {mngr.directory}: train first with train.py")
     bad: list[tuple[int, str]] = []
+    _quiet_abandoned_reads()
     for step in steps:
         try:
             state, meta = _restore_step(mngr, abstract_state, step)
         except Exception as e:  # orbax/tensorstore raise plain Exception/ValueError on bad bytes
-            _quiet_abandoned_reads()
             bad.append((step, _reason(e)))
             continue
         if bad:
