@@ -33,7 +33,7 @@ def get_config():
     a.perceptual_steps = 300
     a.disc_channels = 16
     a.disc_layers = 2
-    a.disc_weight = 0.5
+    a.disc_weight = 0.05  # at 0.5 the adversarial term swamped the L1 term at disc_start
     a.disc_start = 600
     a.steps = 1000
     a.batch_size = 64

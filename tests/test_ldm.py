@@ -127,8 +127,18 @@ def test_super_resolution_run_sharpens_given_low_res_images(tmp_path):
 def test_compare_reports_both_stages_training_speed_and_prompted_accuracy(trained):
     from jldm.eval import compare
 
-    _, workdir = trained
+    config, workdir = trained
     row = compare.compare_one(workdir, 4, 1, 2.0, 0, 0)
     assert row["train_steps_s"] > 0 and row["stage1_steps_s"] > 0
     assert row["images_s"] == pytest.approx(row["num_samples"] / row["sample_s"])
     assert 0 <= row["class_accuracy"] <= 1 and row["bits_per_dim"] is None
+    # The stage-1 error on the test split, recomputed here from the autoencoder itself.
+    from jldm.data import load_split, preprocess
+
+    test = load_split("digits", "test", config.data.data_dir, config.data.fashion_dir)
+    x = np.asarray(preprocess(test.images[:500], config.data.resolution), np.float32)
+    ae, params, _ = api.load(workdir).stage1
+    recon = np.asarray(ae.apply({"params": params}, x)[0])
+    assert row["ae_images"] == len(x)
+    assert row["ae_mse"] == pytest.approx(float(np.mean((recon - x) ** 2)), rel=1e-4)
+    assert row["ae_psnr"] == pytest.approx(10 * np.log10(4 / row["ae_mse"]))

@@ -45,6 +45,7 @@ COLUMNS = [
     ("frechet", "{:.2f}"),
     ("bits_per_dim", "{:.3f}"),
     ("bpd_nfe", "{:.0f}"),
+    ("ae_psnr", "{:.2f}"),
 ]
 
 
@@ -57,6 +58,26 @@ def train_speed(workdir: str) -> float | None:
         return None
     speeds = [r["steps_per_sec"] for r in rows if "steps_per_sec" in r]
     return float(np.median(speeds)) if speeds else None
+
+
+def autoencoder_error(run: api.Loaded, num: int = 500) -> dict:
+    """Stage 1 of a latent run on the first num test images: decode(encode(x)) against x.
+
+    -> ae_mse (on [-1, 1]), ae_l1 (mean |error| per pixel on [-1, 1]), ae_psnr (dB on [0, 1]).
+    """
+    from jldm.data import load_split, preprocess
+
+    d = run.config.data
+    test = load_split(d.name, "test", d.data_dir, d.fashion_dir)
+    x = np.asarray(preprocess(test.images[:num], d.resolution), np.float32)
+    recon = np.asarray(jax.jit(lambda z: api.decode(run, z))(api.encode_images(run, x)))
+    mse = float(np.mean((recon - x) ** 2))
+    return {
+        "ae_mse": mse,
+        "ae_l1": float(np.mean(np.abs(recon - x))),
+        "ae_psnr": float(10 * np.log10(4.0 / mse)),  # peak 1 on [0, 1] is 2 on [-1, 1]
+        "ae_images": len(x),
+    }
 
 
 def matched_steps(run: api.Loaded, nfe: int, guidance: float) -> tuple[api.Loaded, int]:
@@ -130,6 +151,8 @@ def compare_one(
     if d.name in ("digits", "fashion_mnist"):
         q = sample_quality(images, labels, d.name, d.data_dir, d.fashion_dir)
         row.update(class_accuracy=q["class_accuracy"], frechet=q["frechet"])
+    if run.stage1 is not None:
+        row.update(autoencoder_error(run))
     if bpd_images > 0 and run.config.diffusion.objective.endswith("sde"):
         test = load_split(d.name, "test", d.data_dir, d.fashion_dir)
         x01 = to_unit(preprocess(test.images[:bpd_images], d.resolution))
