@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
     # geometric sigma ladder), vesde | vpsde | subvpsde (continuous-time DSM).
     f.objective = "ddpm"
     f.parameterization = "score"  # score | energy (score objectives: s = -grad_x E)
-    f.schedule = "cosine"  # linear | cosine
+    f.schedule = "cosine"  # linear | scaled_linear | cosine
     f.timesteps = 1000
     f.beta_start = 1e-4
     f.beta_end = 0.02

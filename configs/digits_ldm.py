@@ -18,6 +18,12 @@ def get_config():
     c.model.attention_levels = (1,)
     c.model.norm_groups = 8
     c.diffusion.cond_drop = 0.1
+    # Stable Diffusion's schedule. Latents are not clipped to a range at sampling, and under the
+    # cosine schedule (alpha_bar_T = 2.4e-9) DDIM's first step multiplies the x0 error by
+    # sqrt(alpha_bar_prev / alpha_bar_T) = 632 at 50 steps: the samples blow up.
+    c.diffusion.schedule = "scaled_linear"
+    c.diffusion.beta_start = 0.00085
+    c.diffusion.beta_end = 0.012
 
     c.stage1 = a = ml_collections.ConfigDict()
     a.workdir = ""  # a finished stage-1 folder to reuse; empty: train it in WORKDIR/stage1
