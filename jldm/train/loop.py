@@ -23,7 +23,7 @@ from jldm.train.metrics_log import MetricWriter
 from jldm.train.sharding import batch_sharding, check_batch, make_mesh, state_sharding, to_global
 from jldm.train.signals import stop_requests
 from jldm.train.state import create_state, make_optimizer
-from jldm.train.step import make_train_step, mean_metrics
+from jldm.train.step import check_steps_per_call, make_train_step, mean_metrics
 
 
 def load_training_images(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
@@ -40,16 +40,7 @@ def load_training_images(config: ml_collections.ConfigDict) -> tuple[np.ndarray,
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Settings the loop relies on, checked before any work is done."""
-    t = config.train
-    k = t.steps_per_call
-    if k < 1:
-        raise UserError(f"train.steps_per_call={k} must be >= 1")
-    for name in ("steps", "checkpoint_every", "log_every"):
-        if getattr(t, name) % k:
-            raise UserError(
-                f"train.{name}={getattr(t, name)} is not a multiple of train.steps_per_call={k}: "
-                "make it one"
-            )
+    check_steps_per_call(config.train)
 
 
 class _Feeder:

@@ -7,8 +7,22 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jldm.errors import UserError
 from jldm.train.sharding import batch_sharding, replicated
 from jldm.train.state import TrainState
+
+
+def check_steps_per_call(train) -> None:
+    """train.steps_per_call >= 1, and steps, checkpoint_every and log_every multiples of it."""
+    k = train.steps_per_call
+    if k < 1:
+        raise UserError(f"train.steps_per_call={k} must be >= 1")
+    for name in ("steps", "checkpoint_every", "log_every"):
+        if getattr(train, name) % k:
+            raise UserError(
+                f"train.{name}={getattr(train, name)} is not a multiple of "
+                f"train.steps_per_call={k}: make it one"
+            )
 
 
 def make_update(

@@ -35,7 +35,7 @@ from jldm.train.metrics_log import MetricWriter
 from jldm.train.objectives import build_sde, ncsn_sigmas
 from jldm.train.signals import stop_requests
 from jldm.train.state import TrainState, create_state, make_optimizer
-from jldm.train.step import make_update, mean_metrics
+from jldm.train.step import check_steps_per_call, make_update, mean_metrics
 
 DATASETS = ("toy_mixture", "toy_ring")
 SDE_OBJECTIVES = ("vesde", "vpsde", "subvpsde")
@@ -117,15 +117,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"sample.sampler={s.sampler!r} does not apply to objective {f.objective!r}: "
             f"use {' or '.join(SAMPLERS[f.objective])}"
         )
-    for name in ("batch_size", "steps_per_call"):
-        if getattr(t, name) < 1:
-            raise UserError(f"train.{name}={getattr(t, name)} must be >= 1")
-    for name in ("steps", "checkpoint_every", "log_every"):
-        if getattr(t, name) % t.steps_per_call:
-            raise UserError(
-                f"train.{name}={getattr(t, name)} is not a multiple of "
-                f"train.steps_per_call={t.steps_per_call}: make it one"
-            )
+    if t.batch_size < 1:
+        raise UserError(f"train.batch_size={t.batch_size} must be >= 1")
+    check_steps_per_call(t)
     for name in ("num", "steps"):
         if getattr(s, name) < 1:
             raise UserError(f"sample.{name}={getattr(s, name)} must be >= 1")
