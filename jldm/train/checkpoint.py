@@ -75,13 +75,19 @@ def _loop_closed(exc: BaseException | None) -> bool:
     return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
 
 
+def _abandoned_read(exc: BaseException | None) -> bool:
+    """A TensorStore read error (its message carries the spec) that nobody is waiting for."""
+    return exc is not None and "tensorstore_spec" in str(exc)
+
+
 class _DropAbandonedReads(logging.Filter):
     """Drops asyncio's never-retrieved task/future reports of orbax's abandoned array reads."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
         exc = record.exc_info[1] if record.exc_info else None
-        ours = "orbax" in text or "Event loop is closed" in text or _loop_closed(exc)
+        ours = any(w in text for w in ("orbax", "tensorstore", "Event loop is closed"))
+        ours = ours or _loop_closed(exc) or _abandoned_read(exc)
         return not ("exception was never retrieved" in text and ours)
 
 
@@ -93,14 +99,15 @@ def _quiet_abandoned_reads() -> None:
     TensorStore thread (printed through sys.unraisablehook or sys.excepthook) or leaves an
     unretrieved task or future. That is hundreds of tracebacks around the one-line report, and
     they can fire before the failed restore returns, so the filters go in first; only those
-    exact errors are dropped.
+    exact errors (and TensorStore read errors nobody awaits) are dropped; excepthook drops only
+    the closed loop.
     """
     previous, previous_except = sys.unraisablehook, sys.excepthook
     if getattr(previous, "jldm_quiet", False):
         return
 
     def hook(args) -> None:
-        if not _loop_closed(args.exc_value):
+        if not (_loop_closed(args.exc_value) or _abandoned_read(args.exc_value)):
             previous(args)
 
     def except_hook(kind, value, tb) -> None:
