@@ -15,7 +15,12 @@ from jldm.train.loop import run
 from tests.clitools import assert_user_error, cli, train_args
 from tests.tiny import tiny_config
 
-W, D, T = "{workdir}", "{data_dir}", "{tmp}"  # filled in per case
+W, D, T, R = "{workdir}", "{data_dir}", "{tmp}", "{root}"  # filled in per case
+# Config files with a mistake in their own code, written into R by the fixture.
+BROKEN_CONFIGS = {
+    "syntax.py": "def get_config(:\n    pass\n",
+    "raises.py": "def get_config():\n    return {}['model']\n",
+}
 
 
 def _train(*extra: str) -> list[str]:
@@ -32,6 +37,16 @@ CASES = [
     ("unknown-config-key", _train("--config.train.nonexistent=1"), ["nonexistent"]),
     ("override-wrong-type", _train("--config.train.steps=many"), ["steps"]),
     ("missing-config-file", ["train.py", "--config", "configs/nope.py", "--workdir", W], ["nope"]),
+    (
+        "config-syntax-error",
+        ["train.py", "--config", f"{R}/syntax.py", "--workdir", W],
+        ["syntax.py:1", "invalid syntax"],
+    ),
+    (
+        "config-raises",
+        ["train.py", "--config", f"{R}/raises.py", "--workdir", W],
+        ["raises.py:2", "KeyError"],
+    ),
     ("missing-workdir-flag", ["train.py", "--config", "configs/digits_ddpm.py"], ["--workdir"]),
     ("unprepared-tfds", _train("--config.data.name=mnist"), ["mnist", "not prepared"]),
     (
@@ -88,13 +103,18 @@ def outcomes(tmp_path_factory):
     data_dir, trained = str(root / "tfds"), str(root / "trained")
     assert run(tiny_config(data_dir, **{"train.steps": 2}), trained)
     reference = _snapshot(trained)
+    for name, text in BROKEN_CONFIGS.items():
+        (root / name).write_text(text)
 
     def one(case):
         name, argv, _ = case
         tmp = root / name
         workdir = str(tmp / "w")
         shutil.copytree(trained, workdir)
-        args = [a.replace(W, workdir).replace(D, data_dir).replace(T, str(tmp)) for a in argv]
+        args = [
+            a.replace(W, workdir).replace(D, data_dir).replace(T, str(tmp)).replace(R, str(root))
+            for a in argv
+        ]
         assert not [a for a in args if "{" in a], args
         proc = cli(*args)
         created = sorted(set(os.listdir(tmp)) - {"w"})

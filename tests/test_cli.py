@@ -100,6 +100,28 @@ def test_train_user_errors(tmp_path, extra, words):
     assert_user_error(proc, *words)
 
 
+def test_a_later_config_override_replaces_an_earlier_one():
+    """Tuples too: ml_collections alone would concatenate (1, 2) and (1, 3) into (1, 2, 1, 3)."""
+    show = (
+        "from absl import flags; from ml_collections import config_flags; "
+        "from jldm.cli import run_main; config_flags.DEFINE_config_file('config'); "
+        "c = lambda: flags.FLAGS.config; "
+        "run_main(lambda: print(c().model.channel_mult, c().train.steps))"
+    )
+    proc = cli(
+        "-c",
+        show,
+        "--config",
+        "configs/digits_ddpm.py",
+        "--config.model.channel_mult=(1,2)",
+        "--config.train.steps=5",
+        "--config.model.channel_mult=(1,3)",
+        "--config.train.steps=7",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["(1,", "3)", "7"]
+
+
 def test_train_refuses_a_workdir_of_another_architecture(trained, tmp_path):
     data_dir, workdir = trained
     before = open(os.path.join(workdir, "config.json")).read()

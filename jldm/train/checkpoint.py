@@ -3,6 +3,7 @@
 import logging
 import os
 import sys
+import warnings
 
 import jax
 import orbax.checkpoint as ocp
@@ -97,7 +98,8 @@ def _quiet_abandoned_reads() -> None:
     When one array fails to read, orbax closes its event loop while TensorStore reads of the
     other arrays are still in flight; each of them then raises 'Event loop is closed' in a
     TensorStore thread (printed through sys.unraisablehook or sys.excepthook) or leaves an
-    unretrieved task or future. That is hundreds of tracebacks around the one-line report, and
+    unretrieved task or future, and the coroutines it never started are reported as 'never
+    awaited' when collected. That is hundreds of tracebacks around the one-line report, and
     they can fire before the failed restore returns, so the filters go in first; only those
     exact errors (and TensorStore read errors nobody awaits) are dropped; excepthook drops only
     the closed loop.
@@ -117,6 +119,9 @@ def _quiet_abandoned_reads() -> None:
     hook.jldm_quiet = True
     sys.unraisablehook, sys.excepthook = hook, except_hook
     logging.getLogger("asyncio").addFilter(_DropAbandonedReads())
+    # The warning names the frame that happened to run the collection, not orbax, so the
+    # filter matches the message; a failed restore is what leaves coroutines unawaited here.
+    warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning)
 
 
 def _reason(e: BaseException) -> str:
