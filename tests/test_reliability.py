@@ -207,6 +207,45 @@ def test_sample_uses_the_previous_step_when_the_latest_is_unreadable(reference, 
 # --- multi-process -------------------------------------------------------------------------
 
 
+def test_echoes_of_a_failed_restore_are_dropped_and_nothing_else():
+    """The filters drop exactly the noise a failed restore leaves behind, at any moment.
+
+    Each echo is made for real: a coroutine collected unawaited, an error in a __del__
+    (unraisable), the closed loop reaching sys.excepthook, and asyncio's report of a task
+    whose exception nobody retrieved; the user's own warnings and crashes still print.
+    """
+    script = """
+import asyncio, gc, sys, threading, warnings
+from jldm.train import checkpoint
+checkpoint._quiet_abandoned_reads()
+checkpoint._quiet_abandoned_reads()  # a second restore installs nothing twice
+
+async def read():
+    raise ValueError("bad bytes; tensorstore_spec={...}")
+
+read(); gc.collect()  # never awaited
+class Callback:
+    def __del__(self):
+        raise RuntimeError("Event loop is closed")
+
+Callback()
+sys.excepthook(RuntimeError, RuntimeError("Event loop is closed"), None)
+loop = asyncio.new_event_loop()
+loop.run_until_complete(asyncio.sleep(0)); task = loop.create_task(read())
+loop.run_until_complete(asyncio.sleep(0.01)); loop.close(); del task; gc.collect()
+print("quiet", file=sys.stderr)
+warnings.warn("a warning of the user's own")
+sys.excepthook(RuntimeError, RuntimeError("a crash of the user's own"), None)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before, after = proc.stderr.split("quiet\n")
+    assert before == "", before[-3000:]
+    assert "a warning of the user's own" in after and "a crash of the user's own" in after
+
+
 def test_distributed_settings_come_from_flags_then_environment():
     env = {
         "JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234",
