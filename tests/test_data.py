@@ -1,10 +1,13 @@
 """Data package: builders, loading, preprocessing and the resumable sample order."""
 
 import gzip
+import hashlib
 import json
 import math
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -17,6 +20,7 @@ from sklearn.datasets import load_digits
 from jldm.data import Split, batch_indices, batches_for, load_split, preprocess, to_unit
 from jldm.data.builders import FASHION_CLASS_NAMES, digits_split_indices
 from jldm.errors import UserError
+from tests.tiny import ROOT
 
 
 class JldmTestTinyImages(tfds.core.GeneratorBasedBuilder):
@@ -95,6 +99,33 @@ def test_digits_splits_partition_sklearn_digits(tmp_path: Path) -> None:
     # Stratified: each class sends a fifth (rounded) of its images to test.
     for c in range(10):
         assert np.sum(test.labels == c) == round(np.sum(digits.target == c) / 5)
+
+
+def test_processes_preparing_one_data_dir_at_once_all_read_the_same_data(tmp_path: Path) -> None:
+    """Three processes start on a fresh data_dir together; one prepares, the others wait."""
+    data_dir = tmp_path / "tfds"
+    script = (
+        "import hashlib, sys; from jldm.data import load_split; "
+        "s = load_split('digits', 'train', sys.argv[1]); "
+        "print(hashlib.sha1(s.images.tobytes() + s.labels.tobytes()).hexdigest())"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(data_dir)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    train = load_split("digits", "train", str(data_dir))
+    digest = hashlib.sha1(train.images.tobytes() + train.labels.tobytes()).hexdigest()
+    assert [out.strip().splitlines()[-1] for out, _ in outs] == [digest] * 3  # after TFDS chatter
+    versions = list((data_dir / "jldm_digits").iterdir())
+    assert [v.name for v in versions] == ["1.0.0"], versions
 
 
 def test_fashion_builder_reads_idx_files_exactly(tmp_path: Path, fashion_dir) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import json
 import os
@@ -87,25 +88,39 @@ def _load_split_cached(name: str, split: str, data_dir: str, fashion_dir: str) -
 
 
 def _own_builder(name: str, data_dir: str, fashion_dir: str) -> tfds.core.DatasetBuilder:
-    if name == "digits":
-        builder = JldmDigits(data_dir=data_dir, file_format="array_record")
-    else:
-        builder = JldmFashionMnist(
+    def make() -> tfds.core.DatasetBuilder:
+        if name == "digits":
+            return JldmDigits(data_dir=data_dir, file_format="array_record")
+        return JldmFashionMnist(
             data_dir=data_dir, file_format="array_record", fashion_dir=fashion_dir
         )
+
+    builder = make()
     # Our own check: TFDS's is_prepared() logs a warning for every fresh data_dir.
-    if not (Path(builder.data_dir) / "dataset_info.json").is_file():
-        if name == "fashion_mnist":
-            # Fail before TFDS creates anything under data_dir.
-            fashion_files(fashion_dir)
-        try:
+    if _prepared(builder):
+        return builder
+    if name == "fashion_mnist":
+        # Fail before anything is created under data_dir.
+        fashion_files(fashion_dir)
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        # Processes sharing data_dir (multi-process training, parallel runs) prepare one at a
+        # time; one that waited finds the data prepared and reads its info afresh.
+        with open(os.path.join(data_dir, f".{name}.prepare.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if _prepared(builder):
+                return make()
             builder.download_and_prepare()
-        except OSError as e:
-            raise UserError(
-                f"cannot write dataset '{name}' into {data_dir} ({e.strerror or e}): "
-                "set --config.data.data_dir to a writable folder"
-            ) from e
+    except OSError as e:
+        raise UserError(
+            f"cannot write dataset '{name}' into {data_dir} ({e.strerror or e}): "
+            "set --config.data.data_dir to a writable folder"
+        ) from e
     return builder
+
+
+def _prepared(builder: tfds.core.DatasetBuilder) -> bool:
+    return (Path(builder.data_dir) / "dataset_info.json").is_file()
 
 
 def _catalog_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
