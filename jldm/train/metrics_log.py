@@ -2,8 +2,26 @@
 
 import json
 import os
+import sys
 
-from tensorboardX import SummaryWriter
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without torch.
+
+    tensorboardX imports torch whenever it is installed (to accept its tensors), which costs
+    every training start seconds; only Python floats are written here. A torch that is already
+    imported stays as it is.
+    """
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 class MetricWriter:
@@ -13,7 +31,7 @@ class MetricWriter:
         self.enabled = enabled
         if enabled:
             self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
-            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+            self._tb = _summary_writer_class()(os.path.join(workdir, "tb"))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
