@@ -157,10 +157,12 @@ def compare_one(
         test = load_split(d.name, "test", d.data_dir, d.fashion_dir)
         x01 = to_unit(preprocess(test.images[:bpd_images], d.resolution))
         u8 = np.round(x01 * 255.0).astype(np.uint8)  # the test split rendered at 8 bits
-        bpd, nfe = api.bits_per_dim(
+        bpd, bpd_nfe = api.bits_per_dim(
             run, u8, seed=seed, steps=bpd_steps or None, tol=bpd_tol, with_nfe=True
         )
-        row.update(bits_per_dim=float(np.mean(bpd)), bpd_images=len(bpd), bpd_nfe=float(nfe.mean()))
+        row.update(
+            bits_per_dim=float(np.mean(bpd)), bpd_images=len(bpd), bpd_nfe=float(bpd_nfe.mean())
+        )
     return row
 
 
