@@ -12,7 +12,6 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import jldm.eval.classifier as classifier_mod
-import jldm.eval.frechet as frechet_mod
 import jldm.eval.quality as quality_mod
 from jldm.errors import UserError
 from jldm.eval import (
@@ -82,27 +81,18 @@ def test_frechet_of_rank_deficient_covariances_is_finite_and_close_to_reference(
     assert got == pytest.approx(_frechet_eig(mu1, sigma1, mu2, sigma2), rel=1e-3)
 
 
-def test_frechet_falls_back_to_a_ridge_when_sqrtm_fails(monkeypatch):
+def test_frechet_of_singular_covariances_matches_the_full_rank_formula_in_the_limit():
+    """Fewer samples than features: no ridge, the exact value of the singular case."""
     rng = np.random.default_rng(8)
     mu1, mu2 = rng.normal(size=10), rng.normal(size=10)
-    sigma1, sigma2 = _random_spd(rng, 10), _random_spd(rng, 10)
-    attempts = []
-    real_sqrtm = frechet_mod._sqrtm_real
-
-    def failing_once(a):
-        attempts.append(a)
-        return None if len(attempts) == 1 else real_sqrtm(a)
-
-    monkeypatch.setattr(frechet_mod, "_sqrtm_real", failing_once)
-    got = frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6)
-    assert len(attempts) == 2
-    np.testing.assert_allclose(
-        attempts[1], (sigma1 + 1e-6 * np.eye(10)) @ (sigma2 + 1e-6 * np.eye(10))
-    )
-    assert got == pytest.approx(_frechet_eig(mu1, sigma1, mu2, sigma2), abs=1e-4)
-    monkeypatch.setattr(frechet_mod, "_sqrtm_real", lambda a: None)
-    with pytest.raises(ValueError, match="ridge"):
-        frechet_distance(mu1, sigma1, mu2, sigma2)
+    low = rng.normal(size=(10, 3))
+    sigma1 = low @ low.T  # rank 3
+    sigma2 = _random_spd(rng, 10)
+    want = _frechet_eig(mu1, sigma1, mu2, sigma2)
+    assert frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(want, abs=1e-6)
+    # A vanishing ridge approaches it (like sqrt(eps)): the singular case is the limit.
+    near = [frechet_distance(mu1, sigma1 + e * np.eye(10), mu2, sigma2) for e in (1e-6, 1e-10)]
+    assert abs(near[1] - want) < 1e-3 < abs(near[0] - want)
 
 
 def test_frechet_rejects_mismatched_shapes():
