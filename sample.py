@@ -11,63 +11,102 @@ from absl import flags
 
 from jldm.cli import run_main
 
-flags.DEFINE_string("workdir", None, "Run folder written by train.py.")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-flags.DEFINE_integer("num", None, "Samples per class (default: config.sample.per_class).")
-flags.DEFINE_list("classes", None, "Class labels to sample, e.g. 0,3,7 (default: all).")
+# Its own flags, not absl's global ones, so that tests can run main in-process (jldm.cli.run_cli).
+FLAGS = flags.FlagValues()
+
+flags.DEFINE_string("workdir", None, "Run folder written by train.py.", flag_values=FLAGS)
+flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "num", None, "Samples per class (default: config.sample.per_class).", flag_values=FLAGS
+)
+flags.DEFINE_list(
+    "classes", None, "Class labels to sample, e.g. 0,3,7 (default: all).", flag_values=FLAGS
+)
 flags.DEFINE_enum(
     "sampler",
     None,
     ["ddpm", "ddim", "als", "pc", "em", "ode"],
     "Sampler (default: config.sample.sampler): ddpm|ddim for DDPM runs, als (annealed Langevin) "
     "for NCSN runs, pc|em|ode for SDE runs; ddim|ddpm|pc|ode with --pretrained.",
+    flag_values=FLAGS,
 )
-flags.DEFINE_integer("steps", None, "DDIM/PC/EM/ODE steps (default: config.sample.steps).")
-flags.DEFINE_float("guidance", None, "Classifier-free guidance scale; 1 = conditional only.")
-flags.DEFINE_float("eta", None, "DDIM eta (0 = deterministic).")
-flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_integer(
+    "steps",
+    None,
+    "Sampler steps: ddim/pc/em/ode steps, als steps per noise level (default: the config's).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_float(
+    "guidance", None, "Classifier-free guidance scale; 1 = conditional only.", flag_values=FLAGS
+)
+flags.DEFINE_float("eta", None, "DDIM eta (0 = deterministic).", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "Sampling seed.", flag_values=FLAGS)
 flags.DEFINE_string(
-    "out", None, "Output prefix: writes OUT.png and OUT.npz (default WORKDIR/samples)."
+    "out",
+    None,
+    "Output prefix: writes OUT.png and OUT.npz (default WORKDIR/samples).",
+    flag_values=FLAGS,
 )
 flags.DEFINE_multi_string(
-    "prompt", None, "Text prompt of a text-conditional run (repeat the flag for several)."
+    "prompt",
+    None,
+    "Text prompt of a text-conditional run (repeat the flag for several).",
+    flag_values=FLAGS,
 )
 flags.DEFINE_string(
-    "source", None, "Inpainting: the image to complete (.png, or .npy [H,W,C] in [0,1])."
+    "source",
+    None,
+    "Inpainting: the image to complete (.png, or .npy [H,W,C] in [0,1]).",
+    flag_values=FLAGS,
 )
 flags.DEFINE_string(
-    "mask", None, "Inpainting: which pixels of --source to keep (.png or .npy [H,W], nonzero)."
+    "mask",
+    None,
+    "Inpainting: which pixels of --source to keep (.png or .npy [H,W], nonzero).",
+    flag_values=FLAGS,
 )
 flags.DEFINE_string(
     "low_res",
     None,
     "Super-resolution runs: the low-resolution image to sharpen (.png, or .npy [h,w,C] in [0,1]).",
+    flag_values=FLAGS,
 )
-flags.DEFINE_bool("metrics", True, "Print class accuracy and Frechet distance where defined.")
+flags.DEFINE_bool(
+    "metrics", True, "Print class accuracy and Frechet distance where defined.", flag_values=FLAGS
+)
 flags.DEFINE_string(
     "pretrained",
     None,
     "Text-to-image from a diffusers Stable Diffusion folder (unet/ vae/ text_encoder/ "
     "tokenizer/ scheduler/) instead of a --workdir; prompts from --prompt.",
+    flag_values=FLAGS,
 )
 flags.DEFINE_multi_string(
-    "negative_prompt", None, "--pretrained: negative prompt, one for all or one per --prompt."
+    "negative_prompt",
+    None,
+    "--pretrained: negative prompt, one for all or one per --prompt.",
+    flag_values=FLAGS,
 )
-flags.DEFINE_integer("height", None, "--pretrained: image height (default: the model's).")
-flags.DEFINE_integer("width", None, "--pretrained: image width (default: the model's).")
+flags.DEFINE_integer(
+    "height", None, "--pretrained: image height (default: the model's).", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "width", None, "--pretrained: image width (default: the model's).", flag_values=FLAGS
+)
 flags.DEFINE_string(
     "pretrained_cache",
     None,
     "--pretrained: where the converted Orbax checkpoint is kept (default DIR/jldm-orbax; "
     "'none' to convert every time).",
+    flag_values=FLAGS,
 )
 flags.DEFINE_enum(
     "precision",
     "auto",
     ["auto", "float32", "bfloat16"],
     "--pretrained compute dtype; auto = bfloat16 on GPU/TPU, float32 on CPU.",
+    flag_values=FLAGS,
 )
-FLAGS = flags.FLAGS
 
 _QUALITY_DATASETS = ("digits", "fashion_mnist")
 
@@ -154,7 +193,7 @@ def _known(run, n: int):
 def _sample_pretrained() -> None:
     """sample.py --pretrained DIR --prompt TEXT ...: text-to-image with imported SD weights."""
     from jldm.errors import UserError
-    from jldm.pretrained import sample_pretrained
+    from jldm.sampling.pretrained import sample_pretrained
 
     if FLAGS.workdir is not None:
         raise UserError("pass either --workdir or --pretrained, not both")
@@ -169,7 +208,7 @@ def _sample_pretrained() -> None:
         FLAGS.pretrained,
         FLAGS.prompt,
         out,
-        negative[0] if len(negative) == 1 else negative,
+        negative_prompts=negative[0] if len(negative) == 1 else negative,
         steps=FLAGS.steps or 50,
         guidance=7.5 if FLAGS.guidance is None else FLAGS.guidance,
         sampler=FLAGS.sampler or "ddim",
@@ -183,16 +222,22 @@ def _sample_pretrained() -> None:
     )
 
 
-def main() -> None:
+def main(owns_process: bool = False) -> None:
+    """Sample FLAGS.workdir or FLAGS.pretrained; owns_process: the script runs, not a test."""
     import numpy as np
 
     import jldm
-    from jldm.data import to_unit
+    from jldm.build import samplers
     from jldm.errors import UserError
     from jldm.eval import save_grid
 
     if FLAGS.pretrained is not None:
         return _sample_pretrained()
+    if owns_process:
+        from jldm.train.checkpoint import quiet_abandoned_reads_for_process
+
+        # Process-wide hooks: only a process that ends with this command may keep them.
+        quiet_abandoned_reads_for_process()
     if FLAGS.workdir is None:
         raise UserError(
             "sample.py needs --workdir DIR (a folder written by train.py) or --pretrained DIR"
@@ -201,9 +246,11 @@ def main() -> None:
     run = jldm.load(workdir, FLAGS.step)
     out = _writable_prefix(FLAGS.out or os.path.join(workdir, "samples"))
     s, d = run.config.sample, run.config.data
-    per_class = FLAGS.num or s.per_class
+    per_class = s.per_class if FLAGS.num is None else FLAGS.num
     prompts = None
     if FLAGS.prompt:
+        if per_class < 1:
+            raise UserError(f"--num={per_class} must be >= 1")
         prompts = [p for p in FLAGS.prompt for _ in range(per_class)]
         labels = np.full((len(prompts),), -1, np.int32)  # unknown class
     else:
@@ -214,28 +261,26 @@ def main() -> None:
         img = _read_image(FLAGS.low_res, "--low_res", d.channels)
         low_res = np.broadcast_to(img * 2.0 - 1.0, (len(labels), *img.shape))
     sampler = FLAGS.sampler or s.sampler
-    steps = FLAGS.steps or s.steps
+    steps = samplers.get(sampler).default_steps(run.config) if FLAGS.steps is None else FLAGS.steps
     guidance = s.guidance if FLAGS.guidance is None else FLAGS.guidance
-    eta = s.eta if FLAGS.eta is None else FLAGS.eta
 
     t0 = time.perf_counter()
-    x = jldm.generate(
+    images = jldm.generate(
         run,
-        None if prompts else labels,
-        sampler,
-        steps,
-        guidance,
-        FLAGS.seed,
-        eta,
+        labels=None if prompts else labels,
         prompts=prompts,
+        sampler=sampler,
+        steps=steps,
+        guidance=guidance,
+        eta=FLAGS.eta,
+        seed=FLAGS.seed,
         known=known,
         low_res=low_res,
     )
     seconds = time.perf_counter() - t0
-    images = to_unit(x)
     save_grid(images, out + ".png", ncols=per_class)
     np.savez(out + ".npz", images=images, labels=labels, prompts=np.asarray(prompts or []))
-    nfe = jldm.api.sampler_nfe(run.config, sampler, steps, guidance)
+    nfe = samplers.nfe(run.config, sampler, steps, guidance)
     print(
         f"step {run.step}: {len(labels)} samples, {sampler} ({nfe} NFE), "
         f"guidance {guidance}, {seconds:.1f} s incl. compile"
@@ -249,4 +294,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(owns_process=True), flag_values=FLAGS)

@@ -12,13 +12,24 @@ from ml_collections import config_flags
 
 from jldm.cli import run_main
 
-config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Run folder: config, checkpoints, logs, samples.")
-flags.DEFINE_bool("force", False, "Reuse a workdir holding a run of another architecture.")
-flags.DEFINE_string("coordinator", None, "Multi-process: process 0's HOST:PORT.")
-flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes in all.")
-flags.DEFINE_integer("process_id", None, "Multi-process: this process, 0..num_processes-1.")
-FLAGS = flags.FLAGS
+# Its own flags, not absl's global ones, so that tests can run main in-process (jldm.cli.run_cli).
+FLAGS = flags.FlagValues()
+config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/*.py).", flag_values=FLAGS, lock_config=True
+)
+flags.DEFINE_string(
+    "workdir", None, "Run folder: config, checkpoints, logs, samples.", flag_values=FLAGS
+)
+flags.DEFINE_bool(
+    "force", False, "Reuse a workdir holding a run of another architecture.", flag_values=FLAGS
+)
+flags.DEFINE_string("coordinator", None, "Multi-process: process 0's HOST:PORT.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "num_processes", None, "Multi-process: how many processes in all.", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "process_id", None, "Multi-process: this process, 0..num_processes-1.", flag_values=FLAGS
+)
 
 
 def _check_config_loaded() -> None:
@@ -36,7 +47,8 @@ def _check_config_loaded() -> None:
         ) from None
 
 
-def main() -> None:
+def main(owns_process: bool = False) -> None:
+    """Train FLAGS.config in FLAGS.workdir; owns_process: the script runs, not a test in-process."""
     from jldm.errors import UserError
     from jldm.train import distributed
 
@@ -50,14 +62,15 @@ def main() -> None:
     )
     import jax
 
-    if FLAGS.config.data.name.startswith("toy"):
-        from jldm.train.toy import run
-    else:
-        from jldm.train.loop import run
+    from jldm.train.checkpoint import quiet_abandoned_reads_for_process
+    from jldm.train.entry import train
 
-    if run(FLAGS.config, workdir, force=FLAGS.force) and jax.process_index() == 0:
+    if owns_process:
+        # Process-wide hooks: only a process that ends with this run may keep them.
+        quiet_abandoned_reads_for_process()
+    if train(FLAGS.config, workdir, force=FLAGS.force) and jax.process_index() == 0:
         print(f"trained: {workdir} (checkpoints in {workdir}/checkpoints)")
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(owns_process=True), flag_values=FLAGS)

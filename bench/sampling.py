@@ -22,7 +22,9 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from jldm import api  # noqa: E402
-from jldm.train.factory import build_model, build_schedule  # noqa: E402
+from jldm.build import samplers  # noqa: E402
+from jldm.build.model import build_model, init_params  # noqa: E402
+from jldm.build.noise import build_schedule  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
 flags.DEFINE_string("workdir", "", "A trained run to sample from instead of a random init.")
@@ -42,7 +44,7 @@ def _run() -> api.Loaded:
     if config is None:
         raise app.UsageError("pass --config (a random init of its model) or --workdir")
     model = build_model(config)
-    params = jax.jit(lambda k: api.init_params(model, config, k))(jax.random.PRNGKey(config.seed))
+    params = jax.jit(lambda k: init_params(model, config, k))(jax.random.PRNGKey(config.seed))
     return api.Loaded(config, model, params, build_schedule(config), 0)
 
 
@@ -71,17 +73,19 @@ def main(_):
     }
     for name in FLAGS.cases:
         sampler, steps = _case(name)
-        go = api.make_generator(run, labels, sampler, steps or 50, FLAGS.guidance)
+        go = api.make_generator(
+            run, labels, sampler=sampler, steps=steps or 50, guidance=FLAGS.guidance
+        )
         t0 = time.perf_counter()
-        compiled = go.lower(jax.random.PRNGKey(0)).compile()
+        compiled = go.fn.lower(*go.args(jax.random.PRNGKey(0))).compile()
         compile_s = time.perf_counter() - t0
         keys = iter(range(1, 1 + FLAGS.warmup + FLAGS.repeats))
         timed = timing.measure(
-            lambda: jax.block_until_ready(compiled(jax.random.PRNGKey(next(keys)))),  # noqa: B023
+            lambda: jax.block_until_ready(compiled(*go.args(jax.random.PRNGKey(next(keys))))),  # noqa: B023
             FLAGS.repeats,
             FLAGS.warmup,
         )
-        nfe = api.sampler_nfe(config, sampler, steps, FLAGS.guidance)
+        nfe = samplers.nfe(config, sampler, steps, FLAGS.guidance)
         rec = dict(base, case=f"sample_{name}", nfe=nfe, compile_s=round(compile_s, 3))
         rec.update({k: round(v, 6) if isinstance(v, float) else v for k, v in timed.items()})
         rec["images_per_s"] = round(FLAGS.num / timed["median_s"], 3)

@@ -98,7 +98,7 @@ def speed_jldm(root: str, batch: int, steps: int, size: int, guidance: float) ->
     import numpy as np
 
     from jldm.convert.pipeline import load_pretrained
-    from jldm.pretrained import (
+    from jldm.sampling.pretrained import (
         default_compute_dtype,
         initial_latents,
         load_tokenizer,
@@ -112,7 +112,7 @@ def speed_jldm(root: str, batch: int, steps: int, size: int, guidance: float) ->
     n = token_length(tok, pipe)
     ids = np.asarray(tok([PROMPT] * batch, padding="max_length", max_length=n)["input_ids"])
     null = np.asarray(tok([""] * batch, padding="max_length", max_length=n)["input_ids"])
-    go = make_text_to_image(pipe, batch, size, size, steps, guidance)
+    go = make_text_to_image(pipe, batch, size, size, steps=steps, guidance=guidance)
     key = jax.random.PRNGKey(0)
     x_T = initial_latents(pipe, key, batch, size, size)
     t0 = time.perf_counter()

@@ -23,8 +23,10 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jldm import api  # noqa: E402
-from jldm.train.factory import build_loss, build_model  # noqa: E402
+from jldm.build import unet_state_shapes  # noqa: E402
+from jldm.build.model import build_model, init_params  # noqa: E402
+from jldm.build.objectives import build_loss  # noqa: E402
+from jldm.build.state import create_state, make_optimizer  # noqa: E402
 from jldm.train.sharding import (  # noqa: E402
     batch_sharding,
     check_batch,
@@ -32,8 +34,7 @@ from jldm.train.sharding import (  # noqa: E402
     replicated,
     state_sharding,
 )
-from jldm.train.state import create_state, make_optimizer  # noqa: E402
-from jldm.train.step import make_train_step  # noqa: E402
+from jldm.train.step import make_train_step, make_update  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
 flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's train.batch_size).")
@@ -177,7 +178,7 @@ def _inputs(config, batch: int, mesh, lead: tuple[int, ...] = (), seed: int = 0)
 def bench_eval(config, model, mesh, batch: int, base: dict) -> dict:
     """One UNet evaluation at `batch` (what each sampling step costs)."""
     rep = replicated(mesh)
-    init = jax.jit(lambda k: api.init_params(model, config, k), out_shardings=rep)
+    init = jax.jit(lambda k: init_params(model, config, k), out_shardings=rep)
     key = jax.random.PRNGKey(config.seed)
     x, t, y = _inputs(config, batch, mesh)
     if FLAGS.lower_only or FLAGS.compile_only:
@@ -198,10 +199,10 @@ def bench_eval(config, model, mesh, batch: int, base: dict) -> dict:
 def bench_train(config, model, mesh, batch: int, base: dict) -> dict:
     """The loop's jitted train step: k fused steps of forward, backward, clip, AdamW, EMA."""
     tx = make_optimizer(config.train)
-    shapes = api.abstract_state(config, model)
+    shapes = unet_state_shapes(config, model)
     shardings = state_sharding(shapes, mesh, config.train.shard_params)
     init = jax.jit(
-        lambda: create_state(lambda k: api.init_params(model, config, k), tx, config.seed),
+        lambda: create_state(lambda k: init_params(model, config, k), tx, config.seed),
         out_shardings=shardings,
     )
     abstract = FLAGS.lower_only or FLAGS.compile_only
@@ -210,7 +211,8 @@ def bench_train(config, model, mesh, batch: int, base: dict) -> dict:
     x, _, y = _inputs(config, batch, mesh, lead=(k,))
     batches = {"image": x, "label": y}
     loss_fn = build_loss(config, model)
-    step = make_train_step(loss_fn, tx, config.train.ema_decay, mesh, False, shardings)
+    update = make_update(loss_fn, tx, config.train.ema_decay, False, shardings.params)
+    step = make_train_step(update, mesh, shardings)
     one = jax.tree_util.tree_map(lambda b: jax.ShapeDtypeStruct(b.shape[1:], b.dtype), batches)
     residual = _residual_bytes(loss_fn, shapes.params, one)
     compiled, lower_s, compile_s = _compile(step, state, batches)
@@ -245,7 +247,7 @@ def main(_):
     check_batch(batch, mesh)
     model = build_model(config)
     shapes = jax.eval_shape(
-        lambda k: api.init_params(model, config, k), jax.random.PRNGKey(config.seed)
+        lambda k: init_params(model, config, k), jax.random.PRNGKey(config.seed)
     )
     dev = jax.devices()[0]
     base = {

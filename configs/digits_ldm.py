@@ -50,4 +50,5 @@ def get_config():
     a.checkpoint_every = 500
     a.keep_checkpoints = 2
     a.log_every = 50
+    a.skip_nonfinite = False  # True: skip NaN/Inf steps and count them instead of stopping
     return c

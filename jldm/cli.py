@@ -1,5 +1,18 @@
-"""Shared CLI plumbing: absl flag parsing and user mistakes as one line with exit code 2."""
+"""Shared CLI plumbing: absl flag parsing and user mistakes as one line with exit code 2.
 
+A script defines its flags on its own absl FlagValues and hands it to run_main:
+
+    FLAGS = flags.FlagValues()
+    flags.DEFINE_string("workdir", None, "Run folder.", flag_values=FLAGS)
+
+    if __name__ == "__main__":
+        run_main(main, flag_values=FLAGS)
+
+Tests call run_cli(main, argv, flag_values=FLAGS) in-process: it returns the exit code and each
+call starts from the flags' defaults.
+"""
+
+import inspect
 import os
 import sys
 import traceback
@@ -10,9 +23,14 @@ from absl import flags, logging
 from jldm.errors import UserError
 
 
+def error_line(message: str) -> str:
+    """The one line a user mistake prints: `error: ` and the message on one line."""
+    return f"error: {' '.join(str(message).split())}"
+
+
 def fail(message: str) -> None:
     """Print a one-line error and exit 2."""
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    print(error_line(message), file=sys.stderr)
     sys.exit(2)
 
 
@@ -49,29 +67,98 @@ def _config_code_error(e: Exception) -> str | None:
     return f"{frames[-1].filename}:{frames[-1].lineno}: {type(e).__name__}: {e}"
 
 
-def run_main(
-    main: Callable[..., None], argv: list[str] | None = None, positional: bool = False
-) -> None:
-    """Parse absl flags from argv, then call main() (main(args) with positional arguments).
+def _forget_last_parse(flag_values: flags.FlagValues) -> None:
+    """Values back to their defaults, and the --config.PATH flags of a previous parse removed.
 
-    User mistakes, unexpected positional arguments included, exit 2 with one line.
+    Parsing --config defines a flag config.PATH per override, bound to that parse's ConfigDict;
+    left in place, a later parse would write into the old ConfigDict or refuse to define it again.
     """
-    argv = sys.argv if argv is None else argv
-    # Library chatter (Orbax, TFDS) at INFO/WARNING drowns the CLIs' own few lines.
-    logging.set_verbosity(logging.ERROR)
+    for name in list(flag_values):
+        if "." in name and name.split(".", 1)[0] in flag_values:
+            delattr(flag_values, name)
+    flag_values.unparse_flags()
+
+
+def _help(main: Callable[..., None], flag_values: flags.FlagValues) -> str:
+    doc = (getattr(inspect.getmodule(main), "__doc__", None) or "").strip()
+    if flag_values is flags.FLAGS:
+        options = flag_values.main_module_help()
+    else:
+        options = flag_values.get_help(include_special_flags=False)
+    return f"{doc}\n\n{options.strip()}".strip()
+
+
+def _parse(argv: list[str], flag_values: flags.FlagValues) -> list[str] | str:
+    """The arguments left after the flags, or the message of a user mistake."""
     try:
-        rest = flags.FLAGS(_last_overrides_win(argv))[1:]
+        return flag_values(argv)[1:]
     except flags.Error as e:
-        fail(f"{e} (see --help)")
+        return f"{e} (see --help)"
     except Exception as e:
         if where := _config_code_error(e):
-            fail(f"cannot load the config: {where}: fix the file")
+            return f"cannot load the config: {where}: fix the file"
         if isinstance(e, KeyError | AttributeError | TypeError | ValueError | FileNotFoundError):
-            fail(f"bad config or override: {e}")
+            return f"bad config or override: {e}"
         raise
-    if rest and not positional:
-        fail(f"unexpected argument {rest[0]!r}: options take the form --name=value (see --help)")
+
+
+def run_cli(
+    main: Callable[..., None],
+    argv: list[str],
+    flag_values: flags.FlagValues | None = None,
+    positional: bool = False,
+) -> int:
+    """Parse argv (argv[0] is the program) into flag_values, call main(); return the exit code.
+
+    main(args) gets the positional arguments when positional is set; otherwise they are a
+    mistake. A user mistake prints one `error: ...` line to stderr and gives 2; --help prints
+    the script's doc and flags and gives 0; other exceptions propagate. flag_values defaults
+    to absl's global flags, which only a script's single parse should use. Each call forgets
+    the previous one's values and config overrides, so calls in one process are independent.
+    """
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    argv = _last_overrides_win(list(argv))
+    if any(a in ("--help", "-h") for a in argv[1:]):
+        print(_help(main, flag_values))
+        return 0
+    if flag_values is not flags.FLAGS and not flags.FLAGS.is_parsed():
+        # Libraries read absl's global flags (absl logging, Orbax): give them their defaults,
+        # as a script that parsed them with no arguments would; unparsed, absl logging adds a
+        # "Logging before flag parsing" line to stderr.
+        flags.FLAGS.mark_as_parsed()
+    saved_argv, saved_verbosity = sys.argv, logging.get_verbosity()
+    # config_flags reads the --config.PATH overrides from sys.argv, not from the parsed argv.
+    sys.argv = argv
     try:
-        main(rest) if positional else main()
-    except UserError as e:
-        fail(str(e))
+        _forget_last_parse(flag_values)
+        # Library chatter (Orbax, TFDS) at INFO/WARNING drowns the CLIs' own few lines. Set
+        # after the unparse, which resets absl's global --verbosity flag and with it the level.
+        logging.set_verbosity(logging.ERROR)
+        rest = _parse(argv, flag_values)
+        if isinstance(rest, str):
+            message = rest
+        elif rest and not positional:
+            message = (
+                f"unexpected argument {rest[0]!r}: options take the form --name=value (see --help)"
+            )
+        else:
+            try:
+                main(rest) if positional else main()
+                return 0
+            except UserError as e:
+                message = str(e)
+        print(error_line(message), file=sys.stderr)
+        return 2
+    finally:
+        sys.argv = saved_argv
+        logging.set_verbosity(saved_verbosity)
+
+
+def run_main(
+    main: Callable[..., None],
+    argv: list[str] | None = None,
+    positional: bool = False,
+    flag_values: flags.FlagValues | None = None,
+) -> None:
+    """A script's entry: run_cli on sys.argv (or argv), then exit with its code."""
+    sys.exit(run_cli(main, sys.argv if argv is None else argv, flag_values, positional))

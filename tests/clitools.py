@@ -1,5 +1,7 @@
-"""Helpers for tests that run train.py and sample.py as a user does."""
+"""Helpers for tests that run train.py and sample.py as a user does, or call them in-process."""
 
+import logging
+import signal
 import subprocess
 import sys
 
@@ -31,10 +33,23 @@ def train_args(workdir, data_dir, *extra: str) -> list[str]:
     ]
 
 
-def assert_user_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+def assert_error_line(returncode: int, stderr: str, *words: str) -> None:
     """Exit code 2 and exactly one stderr line, `error: ...`, containing every word."""
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    assert returncode == 2, stderr[-2000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-2000:]
     for w in words:
         assert w in lines[0], lines[0]
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    """assert_error_line for a finished process."""
+    assert_error_line(proc.returncode, proc.stderr, *words)
+
+
+def process_state() -> tuple:
+    """Stop-signal handlers, exception hooks, asyncio log filters: what a CLI called in-process
+    must leave as it found them (the test process lives on after it)."""
+    handlers = tuple(signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT))
+    hooks = (sys.excepthook, sys.unraisablehook, tuple(logging.getLogger("asyncio").filters))
+    return handlers, hooks

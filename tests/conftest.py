@@ -1,6 +1,12 @@
-"""Tests run on CPU with 4 virtual devices, so sharded code runs on a real (virtual) mesh."""
+"""Tests run on CPU with 4 virtual devices, so sharded code runs on a real (virtual) mesh.
+
+Everything the tests cache goes to one temporary folder per test session, never the user's
+home: the quality classifiers (JLDM_CACHE_DIR) and compiled programs (JAX's persistent cache).
+"""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
@@ -12,7 +18,20 @@ if "xla_backend_optimization_level" not in _flags:
     _flags = f"{_flags} --xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = _flags.strip()
 
-# Runs in one session (and the CLIs they start) compile the same tiny programs: share them.
-_cache = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".pytest_cache", "xla")
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.abspath(_cache))
+# The session's folder travels in the environment: pytest-xdist workers inherit the
+# controller's and reuse it, and so do the CLIs the tests start, which then get the session's
+# compiled programs and classifiers instead of rebuilding them.
+_SESSION = "JLDM_TEST_SESSION_DIR"
+if not (os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(_SESSION)):
+    os.environ[_SESSION] = tempfile.mkdtemp(prefix="jldm-tests-")
+SESSION_DIR = os.environ[_SESSION]
+# Set, not defaulted: a cache the user pointed elsewhere (their home) stays out of the tests.
+os.environ["JLDM_CACHE_DIR"] = os.path.join(SESSION_DIR, "cache")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(SESSION_DIR, "xla")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+def pytest_unconfigure(config):
+    # The process that made the folder removes it: the controller, or pytest without workers.
+    if not hasattr(config, "workerinput"):
+        shutil.rmtree(SESSION_DIR, ignore_errors=True)

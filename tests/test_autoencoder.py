@@ -12,7 +12,8 @@ from jldm.diffusion.vae_losses import gaussian_kl, reconstruction_loss
 from jldm.errors import UserError
 from jldm.nn.autoencoder import AutoencoderKL, DiagonalGaussian, VAEDownsample
 from jldm.nn.discriminator import PatchDiscriminator
-from jldm.nn.perceptual import PerceptualNet, feature_fn, load_params, save_params
+from jldm.nn.perceptual import PerceptualNet, feature_fn
+from jldm.train.autoencoder import load_perceptual, save_perceptual
 from tests.host_init import host_params, paths
 
 TINY = dict(channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, norm_groups=4)
@@ -146,12 +147,12 @@ def test_perceptual_net_features_classifier_and_weights_file(tmp_path):
     feats = feature_fn(net, p)(x)
     assert [f.shape for f in feats] == [(2, 8, 8, 4), (2, 4, 4, 8)]
     assert net.apply({"params": p}, x).shape == (2, 10)
-    save_params(p, tmp_path / "perceptual.msgpack")
-    q = load_params(tmp_path / "perceptual.msgpack")
+    save_perceptual(p, str(tmp_path / "perceptual.msgpack"))
+    q = load_perceptual(str(tmp_path / "perceptual.msgpack"))
     for a, b in zip(feature_fn(net, q)(x), feats, strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(UserError, match="no perceptual-net weights"):
-        load_params(tmp_path / "missing.msgpack")
+        load_perceptual(str(tmp_path / "missing.msgpack"))
 
 
 def test_tiny_autoencoder_learns_to_reconstruct_digits():

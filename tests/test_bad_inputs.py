@@ -1,19 +1,25 @@
 """A table of user mistakes on train.py and sample.py: each is one `error:` line and exit 2.
 
 Every case runs against its own copy of one tiny trained run, and the copy must come back
-byte-for-byte unchanged: a refused command never overwrites what is on disk.
+byte-for-byte unchanged: a refused command never overwrites what is on disk. The cases run
+in-process through the scripts' entry functions (jldm.cli.run_cli), a few of them also as real
+processes.
 """
 
 import concurrent.futures
 import hashlib
 import os
 import shutil
+import threading
 
 import pytest
 
-from jldm.train.loop import run
-from tests.clitools import assert_user_error, cli, train_args
-from tests.tiny import tiny_config
+import sample
+import train
+from jldm.api import train as run
+from jldm.cli import run_cli
+from tests.clitools import assert_error_line, assert_user_error, cli, process_state, train_args
+from tests.tiny import ROOT, tiny_config
 
 W, D, T, R = "{workdir}", "{data_dir}", "{tmp}", "{root}"  # filled in per case
 # Config files with a mistake in their own code, written into R by the fixture.
@@ -48,6 +54,8 @@ CASES = [
         ["raises.py:2", "KeyError"],
     ),
     ("missing-workdir-flag", ["train.py", "--config", "configs/digits_ddpm.py"], ["--workdir"]),
+    ("unknown-flag", [*_train(), "--workdri=x"], ["workdri"]),
+    ("positional-argument", [*_train(), "steps=5"], ["steps=5", "--name=value"]),
     ("unprepared-tfds", _train("--config.data.name=mnist"), ["mnist", "not prepared"]),
     (
         "fashion-dir-absent",
@@ -83,6 +91,18 @@ CASES = [
         ["--out"],
     ),
 ]
+SCRIPTS = {"train.py": train, "sample.py": sample}
+# Cases that also run as real processes, one per way a mistake ends: absl's flag parsing, an
+# error from the library once it is imported, the multi-process settings, sample.py's reading
+# of a run and of its output folder.
+IN_A_PROCESS = {
+    "override-wrong-type",
+    "other-architecture",
+    "half-distributed",
+    "sample-step-missing",
+    "sample-out-not-writable",
+}
+PROCESS_CASES = [c for c in CASES if c[0] in IN_A_PROCESS]
 
 
 def _snapshot(folder: str) -> dict:
@@ -97,43 +117,79 @@ def _snapshot(folder: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory):
-    """Run every case (a few at a time) on its own copy of one tiny trained run."""
+def trained(tmp_path_factory):
+    """One tiny trained run, its files' snapshot, and the broken configs beside it."""
     root = tmp_path_factory.mktemp("bad")
-    data_dir, trained = str(root / "tfds"), str(root / "trained")
-    assert run(tiny_config(data_dir, **{"train.steps": 2}), trained)
-    reference = _snapshot(trained)
+    data_dir, workdir = str(root / "tfds"), str(root / "trained")
+    assert run(tiny_config(data_dir, **{"train.steps": 2}), workdir)
     for name, text in BROKEN_CONFIGS.items():
         (root / name).write_text(text)
+    return root, data_dir, workdir, _snapshot(workdir)
 
-    def one(case):
-        name, argv, _ = case
-        tmp = root / name
-        workdir = str(tmp / "w")
-        shutil.copytree(trained, workdir)
-        args = [
-            a.replace(W, workdir).replace(D, data_dir).replace(T, str(tmp)).replace(R, str(root))
-            for a in argv
-        ]
-        assert not [a for a in args if "{" in a], args
-        proc = cli(*args)
-        created = sorted(set(os.listdir(tmp)) - {"w"})
-        return name, (proc, _snapshot(workdir), created)
 
-    # Most cases are flag parsing and a few imports: run them side by side.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-        results = dict(pool.map(one, CASES))
-    return reference, results
+def _prepare(trained, tmp, argv: list[str]) -> list[str]:
+    """Copy the trained run to tmp/w and fill the case's argv in for it."""
+    root, data_dir, workdir, _ = trained
+    shutil.copytree(workdir, tmp / "w")
+    fill = {W: str(tmp / "w"), D: data_dir, T: str(tmp), R: str(root)}
+    args = []
+    for a in argv:
+        for placeholder, value in fill.items():
+            a = a.replace(placeholder, value)
+        args.append(a)
+    assert not [a for a in args if "{" in a], args
+    return args
+
+
+def _assert_nothing_changed(trained, tmp) -> None:
+    assert _snapshot(str(tmp / "w")) == trained[3], "the run's files changed"
+    created = sorted(set(os.listdir(tmp)) - {"w"})
+    assert created == [], f"{created} written"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_error_line_and_changes_nothing(outcomes, case):
-    reference, results = outcomes
+def test_mistake_is_one_error_line_and_changes_nothing(
+    trained, tmp_path, capsys, monkeypatch, case
+):
+    _, argv, words = case
+    args = _prepare(trained, tmp_path, argv)
+    monkeypatch.chdir(ROOT)  # the configs/ paths, as for a user in the repository
+    threads, state = set(threading.enumerate()), process_state()
+    script = SCRIPTS[args[0]]
+    code = run_cli(script.main, args, flag_values=script.FLAGS)
+    _, err = capsys.readouterr()
+    assert_error_line(code, err, *words)
+    _assert_nothing_changed(trained, tmp_path)
+    assert process_state() == state, "signal handlers or hooks left behind"
+    left = [t.name for t in set(threading.enumerate()) - threads]
+    assert left == [], f"threads left running: {left}"
+
+
+@pytest.fixture(scope="module")
+def process_outcomes(trained, tmp_path_factory):
+    """Run PROCESS_CASES as processes (a few at a time), each on its own copy of the run."""
+    base = tmp_path_factory.mktemp("processes")
+
+    def one(case):
+        name, argv, _ = case
+        tmp = base / name
+        tmp.mkdir()
+        proc = cli(*_prepare(trained, tmp, argv))
+        return name, (proc, tmp)
+
+    # Most cases are flag parsing and a few imports: run them side by side.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(pool.map(one, PROCESS_CASES))
+
+
+@pytest.mark.parametrize("case", PROCESS_CASES, ids=[c[0] for c in PROCESS_CASES])
+def test_mistake_in_a_process_is_one_error_line_and_changes_nothing(
+    trained, process_outcomes, case
+):
     name, _, words = case
-    proc, after, created = results[name]
+    proc, tmp = process_outcomes[name]
     assert_user_error(proc, *words)
-    assert after == reference, "the run's files changed"
-    assert created == [], f"{created} written"
+    _assert_nothing_changed(trained, tmp)
 
 
 def test_the_table_covers_enough_mistakes():

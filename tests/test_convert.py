@@ -22,7 +22,7 @@ from jldm.convert.scheduler import inference_pairs, inference_timesteps  # noqa:
 from jldm.convert.scheduler import scheduler_from_config as sched_cfg  # noqa: E402
 from jldm.diffusion.samplers import ddim_step  # noqa: E402
 from jldm.errors import UserError  # noqa: E402
-from jldm.pretrained import generate_text_to_image, make_text_to_image, tokenize  # noqa: E402
+from jldm.sampling.pretrained import generate_text_to_image, make_text_to_image, tokenize  # noqa: E402
 from tests.clitools import assert_user_error, cli  # noqa: E402
 from tests.sd_tiny import MAX_LENGTH, build_folder  # noqa: E402
 
@@ -308,7 +308,7 @@ def test_bad_requests_are_user_errors(sd):
     with pytest.raises(UserError, match="ddim"):
         make_text_to_image(pipe, 1, 16, 16, sampler="als")
     with pytest.raises(UserError, match="2 negative prompts for 1"):
-        generate_text_to_image(pipe, ["cat"], ["a", "b"])
+        generate_text_to_image(pipe, ["cat"], negative_prompts=["a", "b"])
 
 
 def test_sample_cli_pretrained_writes_png(sd, tmp_path):

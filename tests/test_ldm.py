@@ -10,20 +10,20 @@ import pytest
 
 from configs import digits_ldm
 from jldm import api
+from jldm.api import train as run
 from jldm.diffusion.samplers import ddim_sample, ddpm_sample
 from jldm.diffusion.schedules import make_schedule
-from jldm.train import ldm
-from jldm.train.loop import load_training_images, run
+from jldm.errors import UserError
+from jldm.sampling.run import encode
+from jldm.train.inputs import load_training_images
 from tests.clitools import cli
-from tests.tiny import TINY_FLAGS
+from tests.tiny import TINY_FLAGS, apply_overrides
 
 
 def tiny_ldm(data_dir: str):
     c = digits_ldm.get_config()
     c.data.data_dir = data_dir
-    for key, value in TINY_FLAGS.items():
-        section, name = key.split(".")
-        c[section][name] = value
+    apply_overrides(c, TINY_FLAGS)
     c.data.resolution = 8
     c.model.channel_mult = (1, 2)
     c.text.width, c.text.layers, c.text.heads = 16, 2, 2
@@ -48,9 +48,9 @@ def test_both_stages_checkpoint_and_the_scale_makes_latents_unit_std(trained):
     assert sorted(os.listdir(os.path.join(workdir, "stage1", "checkpoints"))) == ["2", "4"]
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
     loaded = api.load(workdir)
-    ae, params, scale = loaded.stage1
+    scale = loaded.stage1.scale
     images, _ = load_training_images(config)
-    latents = ldm.encode(config, params, images)
+    latents = encode(loaded.stage1, images)
     assert latents.shape[1:] == (4, 4, 2)
     assert abs(float(np.std(latents * scale)) - 1.0) < 1e-3
 
@@ -106,7 +106,7 @@ def test_inpainting_keeps_the_known_region_and_fills_the_rest(sampler):
 
 
 def test_super_resolution_run_sharpens_given_low_res_images(tmp_path):
-    from jldm.train.factory import downsample
+    from jldm.build.model import downsample
     from tests.tiny import tiny_config
 
     x = np.arange(2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8, 1)
@@ -118,14 +118,14 @@ def test_super_resolution_run_sharpens_given_low_res_images(tmp_path):
     assert run(config, workdir)
     loaded = api.load(workdir)
     low = np.zeros((2, 2, 2, 1), np.float32)
-    y = api.generate(loaded, [1, 2], steps=2, low_res=low)
+    y = api.generate(loaded, labels=[1, 2], steps=2, low_res=low)
     assert y.shape == (2, 8, 8, 1) and np.isfinite(y).all()
-    with pytest.raises(api.UserError, match="low-resolution images of shape"):
-        api.generate(loaded, [1, 2], steps=2, low_res=low[:, :1])
+    with pytest.raises(UserError, match="low-resolution images of shape"):
+        api.generate(loaded, labels=[1, 2], steps=2, low_res=low[:, :1])
 
 
 def test_compare_reports_both_stages_training_speed_and_prompted_accuracy(trained):
-    from jldm.eval import compare
+    from jldm import compare
 
     config, workdir = trained
     row = compare.compare_one(workdir, 4, 1, 2.0, 0, 0)

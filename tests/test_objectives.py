@@ -9,15 +9,17 @@ import numpy as np
 import pytest
 
 from jldm import api
+from jldm.api import train as run
+from jldm.build import objectives
+from jldm.build.noise import build_sde, ncsn_sigmas, noise_coefs
+from jldm.build.objectives import build_loss
 from jldm.errors import UserError
-from jldm.train import objectives
-from jldm.train.factory import build_loss
-from jldm.train.loop import run
 from tests.tiny import tiny_config
 
 
 def _config(objective, **kw):
-    sampler = objectives.SAMPLERS.get(objective, ("ddim",))[0]
+    known = objectives.REGISTRY.get(objective)
+    sampler = known.samplers[0] if known else "ddim"
     over = {"diffusion.objective": objective, "sample.sampler": sampler, **kw}
     return tiny_config("/unused", **over)
 
@@ -45,7 +47,7 @@ def test_network_inputs_are_scaled_to_unit_variance_and_time_in_0_999(objective)
     net = objectives.make_score_net(config, _Fake(record))
     x = jnp.ones((2, 4, 4, 1))
     s = net(None, x, c, None)
-    alpha, std, _ = objectives.noise_coefs(config, c)
+    alpha, std, _ = noise_coefs(config, c)
     c_in = 1 / np.sqrt(np.asarray(alpha) ** 2 + np.asarray(std) ** 2)
     np.testing.assert_allclose(seen["x"][:, 0, 0, 0], c_in, rtol=1e-5)
     np.testing.assert_allclose(seen["t"], [0.0, 999.0], atol=0.02)
@@ -59,7 +61,7 @@ def test_energy_with_zero_denoiser_is_the_score_of_n0_std2(objective):
     net = objectives.make_score_net(config, _Fake(lambda x, t: jnp.zeros_like(x)))
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 4, 1))
     c = jnp.array([0.5, 2.0, 10.0]) if objective == "ncsn" else jnp.array([0.1, 0.5, 0.9])
-    _, std, _ = objectives.noise_coefs(config, c)
+    _, std, _ = noise_coefs(config, c)
     expected = -x / np.asarray(std).reshape(-1, 1, 1, 1) ** 2
     np.testing.assert_allclose(net(None, x, c, None), expected, rtol=1e-5)
 
@@ -82,7 +84,7 @@ def test_ncsn_loss_at_the_exact_score_of_gaussian_data_matches_the_closed_form()
         "label": jnp.zeros((n,), jnp.int32),
     }
     loss, _ = jax.jit(lambda b: loss_fn(None, jax.random.PRNGKey(2), b))(batch)
-    sigmas = np.asarray(objectives.ncsn_sigmas(config), np.float64)
+    sigmas = np.asarray(ncsn_sigmas(config), np.float64)
     expected = 0.5 * d * np.mean(1 / (1 + sigmas**2))
     # Monte Carlo over 20000 samples: the per-sample loss has std ~ 0.5 * sqrt(2 D) / (1+s^2)
     assert abs(float(loss) - expected) < 0.05 * expected, (float(loss), expected)
@@ -91,7 +93,7 @@ def test_ncsn_loss_at_the_exact_score_of_gaussian_data_matches_the_closed_form()
 def test_vpsde_loss_at_the_exact_score_of_gaussian_data_matches_the_closed_form():
     # x0 ~ N(0, I) stays N(0, I) under VP, score -x; the loss is 0.5 D E_t[alpha(t)^2].
     config = _config("vpsde", **{"diffusion.cond_drop": 0.0})
-    sde = objectives.build_sde(config)
+    sde = build_sde(config)
 
     def exact(x_in, t_in):
         _, std = sde.mean_coef_std(t_in / 999.0)
@@ -144,7 +146,7 @@ def test_every_sampler_of_the_objective_is_deterministic_given_a_key(runs, objec
     loaded = api.load(runs[objective])
     labels = np.array([0, 3])
     for sampler in _RUNS[objective][1]:
-        go = api.make_generator(loaded, labels, sampler, steps=2, guidance=2.0)
+        go = api.make_generator(loaded, labels, sampler=sampler, steps=2, guidance=2.0)
         x = np.asarray(go(jax.random.PRNGKey(1)))
         assert x.shape == (2, 8, 8, 1) and np.isfinite(x).all()
         np.testing.assert_array_equal(x, go(jax.random.PRNGKey(1)))
@@ -152,7 +154,7 @@ def test_every_sampler_of_the_objective_is_deterministic_given_a_key(runs, objec
 
 
 def test_compare_matches_the_budget_and_reports_bits_per_dim(runs, tmp_path):
-    from jldm.eval import compare
+    from jldm import compare
 
     rows = [compare.compare_one(runs[o], 24, 1, 2.0, 0, 4, bpd_steps=2) for o in sorted(_RUNS)]
     ncsn, vp = rows

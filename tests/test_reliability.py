@@ -14,11 +14,11 @@ import jax
 import numpy as np
 import pytest
 
-from jldm import api
+from jldm.api import train as run
+from jldm.build import unet_state_shapes
+from jldm.build.model import build_model
 from jldm.errors import UserError
 from jldm.train import checkpoint, distributed
-from jldm.train.factory import build_model
-from jldm.train.loop import run
 from jldm.train.sharding import make_mesh, replicated
 from tests.clitools import assert_user_error, cli, train_args
 from tests.tiny import ROOT, tiny_config
@@ -46,7 +46,7 @@ def _state(workdir: str, overrides: dict | None = None, step: int | None = None)
     rep = replicated(make_mesh())
     abstract = jax.tree_util.tree_map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
-        api.abstract_state(config, build_model(config)),
+        unet_state_shapes(config, build_model(config)),
     )
     return checkpoint.restore(checkpoint.manager(workdir, read_only=True), abstract, step)[0]
 
@@ -217,8 +217,8 @@ def test_echoes_of_a_failed_restore_are_dropped_and_nothing_else():
     script = """
 import asyncio, gc, sys, threading, warnings
 from jldm.train import checkpoint
-checkpoint._quiet_abandoned_reads()
-checkpoint._quiet_abandoned_reads()  # a second restore installs nothing twice
+checkpoint.quiet_abandoned_reads_for_process()
+checkpoint.quiet_abandoned_reads_for_process()  # a second call installs nothing twice
 
 async def read():
     raise ValueError("bad bytes; tensorstore_spec={...}")
@@ -244,6 +244,21 @@ sys.excepthook(RuntimeError, RuntimeError("a crash of the user's own"), None)
     before, after = proc.stderr.split("quiet\n")
     assert before == "", before[-3000:]
     assert "a warning of the user's own" in after and "a crash of the user's own" in after
+
+
+def test_a_library_restore_leaves_the_process_hooks_as_they_were():
+    """jldm.load in a notebook: the filters live only as long as the restore."""
+    import logging
+    import warnings
+
+    hooks = (sys.excepthook, sys.unraisablehook)
+    filters = list(warnings.filters)
+    log_filters = list(logging.getLogger("asyncio").filters)
+    with checkpoint.quiet_abandoned_reads():
+        assert (sys.excepthook, sys.unraisablehook) != hooks
+    assert (sys.excepthook, sys.unraisablehook) == hooks
+    assert list(warnings.filters) == filters
+    assert list(logging.getLogger("asyncio").filters) == log_filters
 
 
 def test_distributed_settings_come_from_flags_then_environment():
@@ -286,11 +301,10 @@ def test_two_processes_train_like_one_with_the_same_global_batch(data_dir, tmp_p
     shutil.copy(os.path.join(one, "config.json"), two / "config.json")
     shutil.copytree(os.path.join(one, "checkpoints", "2"), two / "checkpoints" / "2")
     port = _free_port()
-    # A repeated tuple override appends to the first one, so replace the tiny flags' value.
-    args = [
-        "--config.model.channel_mult=1" if a.startswith("--config.model.channel_mult=") else a
-        for a in train_args(two, data_dir, f"--config.train.steps={steps}")
-    ]
+    # A later override replaces the tiny flags' channel_mult (tuples included).
+    args = train_args(
+        two, data_dir, f"--config.train.steps={steps}", "--config.model.channel_mult=1"
+    )
     procs = []
     for pid in range(2):
         env = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -7,11 +7,14 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from jldm import api
-from jldm.train import checkpoint, loop
-from jldm.train.factory import build_loss, build_model
+from jldm.build import unet_state_shapes
+from jldm.build.model import build_model, init_params
+from jldm.build.objectives import build_loss
+from jldm.build.state import create_state, make_optimizer
+from jldm.train import checkpoint
+from jldm.train import diffusion as diffusion_task
 from jldm.train.sharding import batch_sharding, leaf_spec, make_mesh, state_sharding
-from jldm.train.state import create_state, make_optimizer
-from jldm.train.step import make_train_step
+from jldm.train.step import make_train_step, make_update
 from tests.tiny import tiny_config
 
 # One level keeps compiles short; 32 channels make the up block's first kernel (3x3x64x32)
@@ -28,7 +31,7 @@ def data_dir(tmp_path_factory):
 
 def _params(config, model):
     """Random params from numpy: no init program to compile."""
-    shapes = jax.eval_shape(lambda k: api.init_params(model, config, k), jax.random.PRNGKey(0))
+    shapes = jax.eval_shape(lambda k: init_params(model, config, k), jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     return jax.tree_util.tree_map(
         lambda s: (0.2 * rng.standard_normal(s.shape)).astype(np.float32), shapes
@@ -59,7 +62,7 @@ def test_remat_keeps_the_parameter_tree_loss_and_gradients(data_dir):
     plain, remat = build_model(plain_cfg), build_model(remat_cfg)
     key = jax.random.PRNGKey(0)
     tree = lambda m, c: jax.tree_util.tree_flatten_with_path(
-        jax.eval_shape(lambda k: api.init_params(m, c, k), key)
+        jax.eval_shape(lambda k: init_params(m, c, k), key)
     )[0]
     paths = {jax.tree_util.keystr(p): (v.shape, v.dtype) for p, v in tree(plain, plain_cfg)}
     assert any("attentions_0" in p for p in paths)  # the mid block's transformer is in play
@@ -104,7 +107,9 @@ def _three_steps(params, shard: bool):
     shapes = jax.eval_shape(lambda: create_state(lambda k: params, tx, 0))
     shardings = state_sharding(shapes, mesh, shard)
     init = jax.jit(lambda: create_state(lambda k: params, tx, 0), out_shardings=shardings)
-    step = make_train_step(_mlp_loss, tx, 0.9, mesh, False, shardings)
+    step = make_train_step(
+        make_update(_mlp_loss, tx, 0.9, False, shardings.params), mesh, shardings
+    )
     rng = np.random.default_rng(1)
     batch = {"x": rng.standard_normal((1, 8, 64)), "y": rng.standard_normal((1, 8, 64))}
     batch = jax.device_put(jax.tree_util.tree_map(np.float32, batch), batch_sharding(mesh, 1))
@@ -160,7 +165,7 @@ def test_fsdp_training_resumes_and_compiles_the_step_and_sampler_once(
     data_dir, tmp_path, monkeypatch
 ):
     traces: list[int] = []
-    real = loop.build_loss
+    real = diffusion_task.build_loss
 
     def counted(config, model):
         loss_fn = real(config, model)
@@ -171,16 +176,16 @@ def test_fsdp_training_resumes_and_compiles_the_step_and_sampler_once(
 
         return traced
 
-    monkeypatch.setattr(loop, "build_loss", counted)
+    monkeypatch.setattr(diffusion_task, "build_loss", counted)
     sharded = lambda **o: tiny_config(data_dir, **SMALL, **{"train.shard_params": True, **o})
     workdir = str(tmp_path / "fsdp")
-    assert loop.run(sharded(**{"train.steps": 2}), workdir)
+    assert api.train(sharded(**{"train.steps": 2}), workdir)
     assert len(traces) == 1
-    assert loop.run(sharded(**{"train.steps": 4}), workdir)  # steps 3-4 from the step-2 restore
+    assert api.train(sharded(**{"train.steps": 4}), workdir)  # steps 3-4 from the step-2 restore
     assert len(traces) == 2
 
     config = sharded()
-    shapes = api.abstract_state(config, build_model(config))
+    shapes = unet_state_shapes(config, build_model(config))
     abstract = jax.tree_util.tree_map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
         shapes,
@@ -204,10 +209,15 @@ def test_fsdp_training_resumes_and_compiles_the_step_and_sampler_once(
 
     s = config.sample  # the final grid's request, so its compiled sampler may be reused
     go = api.make_generator(
-        loaded._replace(model=Counting()), np.arange(10), s.sampler, s.steps, s.guidance, s.eta
+        loaded._replace(model=Counting()),
+        np.arange(10),
+        sampler=s.sampler,
+        steps=s.steps,
+        guidance=s.guidance,
+        eta=s.eta,
     )
     a = go(jax.random.PRNGKey(0))
     b = go(jax.random.PRNGKey(1))
     assert Counting.calls == 1  # the scan body traced once, for both calls
-    assert go._cache_size() == 1
+    assert go.fn._cache_size() == 1
     assert not jnp.allclose(a, b)  # the second call did run, with its own noise

@@ -1,17 +1,17 @@
 """Toy runs of jldm.train.toy: each kind of objective learns the exact score of a 2-D mixture,
-a run resumes bit for bit, annealed Langevin samples the mode weights, train.py runs a toy."""
+annealed Langevin samples the mode weights, train.py runs a toy (resume: test_fit.py)."""
 
 import importlib
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
+from jldm.api import train as run
 from jldm.errors import UserError
-from jldm.train import checkpoint, toy
 from tests.clitools import cli
+from tests.tiny import apply_overrides, as_flags
 
 # The configs' own model with fewer steps and draws. Compilation dominates the time; the runs
 # that repeat a program (resume, CLI) get it from the persistent cache (tests/conftest.py).
@@ -29,10 +29,7 @@ SMALL = {
 
 def small_config(name: str, **overrides):
     c = importlib.import_module(f"configs.toy_{name}").get_config()
-    for key, value in {**SMALL, **overrides}.items():
-        section, field = key.split(".")
-        c[section][field] = value
-    return c
+    return apply_overrides(c, {**SMALL, **overrides})
 
 
 def score_errors(workdir) -> tuple[float, float]:
@@ -50,7 +47,7 @@ NCSN = {"train.steps": 3000, "sample.num": 2000}
 def ncsn_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("toy") / "ncsn")
     config = small_config("ncsn", **NCSN)
-    assert toy.run(config, workdir)
+    assert run(config, workdir)
     return config, workdir
 
 
@@ -67,7 +64,7 @@ def ncsn_run(tmp_path_factory):
 )
 def test_training_lowers_the_score_error(tmp_path, name, overrides, factor):
     workdir = str(tmp_path / name)
-    assert toy.run(small_config(name, **overrides), workdir)
+    assert run(small_config(name, **overrides), workdir)
     init, end = score_errors(workdir)
     assert end < init / factor, (init, end)
 
@@ -84,27 +81,13 @@ def test_ncsn_lowers_the_score_error_and_samples_the_mode_weights(ncsn_run):
     assert data["x"].shape == (2000, 2)
 
 
-def test_a_resumed_run_is_bit_identical(ncsn_run, tmp_path):
-    config, full = ncsn_run
-    workdir = str(tmp_path / "resumed")
-    assert toy.run(small_config("ncsn", **{**NCSN, "train.steps": 1500}), workdir)
-    assert toy.run(config, workdir)
-    states = []
-    for w in (full, workdir):
-        mngr = checkpoint.manager(w, read_only=True)
-        states.append(checkpoint.restore(mngr, toy.abstract_state(config), 3000)[0])
-    assert int(states[1].step) == 3000
-    jax.tree_util.tree_map(np.testing.assert_array_equal, states[0], states[1])
-    a, b = (np.load(os.path.join(w, "samples.npz"))["x"] for w in (full, workdir))
-    np.testing.assert_array_equal(a, b)
-
-
 def test_train_cli_runs_a_toy_config(tmp_path):
     workdir = str(tmp_path / "cli")
     # The esm-energy run's programs (same shapes), so the compilation cache serves them.
     overrides = {**SMALL, "train.steps": 250, "diffusion.parameterization": "energy"}
-    flags = [f"--config.{k}={v}" for k, v in overrides.items()]
-    proc = cli("train.py", "--config", "configs/toy_esm.py", "--workdir", workdir, *flags)
+    proc = cli(
+        "train.py", "--config", "configs/toy_esm.py", "--workdir", workdir, *as_flags(overrides)
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("config.json", "metrics.jsonl", "samples.npz", "samples.png", "checkpoints"):
         assert os.path.exists(os.path.join(workdir, name)), name
@@ -122,6 +105,6 @@ def test_train_cli_runs_a_toy_config(tmp_path):
 )
 def test_bad_settings_are_one_line_user_errors(tmp_path, overrides, words):
     with pytest.raises(UserError) as e:
-        toy.run(small_config("ncsn", **overrides), str(tmp_path / "w"))
+        run(small_config("ncsn", **overrides), str(tmp_path / "w"))
     assert all(w in str(e.value) for w in words) and "\n" not in str(e.value), str(e.value)
     assert not os.path.exists(tmp_path / "w")

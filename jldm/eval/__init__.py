@@ -1,6 +1,7 @@
 """Evaluation: a per-dataset classifier, Frechet distance in its feature space, sample grids."""
 
-from jldm.eval.classifier import Classifier, classifier_for, get_classifier, train_classifier
+from jldm.eval.classifier import Classifier, train_classifier
+from jldm.eval.classifier_cache import classifier_for, get_classifier
 from jldm.eval.frechet import feature_stats, frechet_distance
 from jldm.eval.grid import make_grid, save_grid
 from jldm.eval.quality import (

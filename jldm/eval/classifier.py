@@ -1,7 +1,7 @@
 """A small MLP classifier per dataset: the feature space for sample accuracy and Frechet distance.
 
 It is an MLP rather than a CNN so that it trains from scratch on a laptop CPU (a few seconds for
-digits, well under a minute for Fashion-MNIST) and is cached once per dataset.
+digits, well under a minute for Fashion-MNIST); jldm.eval.classifier_cache keeps one per dataset.
 """
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ import hashlib
 import logging
 import math
 import os
-import re
 import tempfile
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -222,7 +220,7 @@ class Classifier:
             )
 
 
-def _data_key(images_u8: np.ndarray, labels: np.ndarray) -> str:
+def data_key(images_u8: np.ndarray, labels: np.ndarray) -> str:
     """Recipe, shape and content hash of a training set, so a cache is tied to its data."""
     h = hashlib.sha256(np.ascontiguousarray(images_u8).tobytes())
     h.update(np.ascontiguousarray(labels, np.int64).tobytes())
@@ -241,7 +239,7 @@ def _resize_round_trip(images01: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _checked(images_u8: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_training_set(images_u8: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Training images uint8 [N, H, W, C] and labels int32 [N], or a UserError naming the fault."""
     images = np.asarray(images_u8)
     labels = np.asarray(labels)
@@ -261,7 +259,7 @@ def _checked(images_u8: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
 
 def train_classifier(train_images_u8: np.ndarray, train_labels: np.ndarray) -> Classifier:
     """Train a Classifier on uint8 images [N, H, W, C] and int labels [N] (fixed seed)."""
-    images, labels = _checked(train_images_u8, train_labels)
+    images, labels = check_training_set(train_images_u8, train_labels)
     x01 = images.astype(np.float32) / 255.0
     # Samples judged by this classifier are often generated at another resolution and resized
     # back, which blurs them; a blurred copy of each training image keeps accuracy on those.
@@ -275,52 +273,5 @@ def train_classifier(train_images_u8: np.ndarray, train_labels: np.ndarray) -> C
         mean=mean,
         scale=scale,
         image_shape=tuple(int(s) for s in images.shape[1:]),
-        data_key=_data_key(images, labels),
+        data_key=data_key(images, labels),
     )
-
-
-def get_classifier(
-    train_images_u8: np.ndarray, train_labels: np.ndarray, cache_path: str | None
-) -> Classifier:
-    """Classifier for uint8 images [N, H, W, C] and labels [N]: loaded from cache_path or trained.
-
-    A cache written for different data (shape, content or training recipe) is retrained and
-    replaced.
-    """
-    images, labels = _checked(train_images_u8, train_labels)
-    if cache_path is not None:
-        cache_path = os.path.expanduser(cache_path)
-        if os.path.exists(cache_path):
-            key = _data_key(images, labels)
-            try:
-                cached = Classifier.load(cache_path)
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-                log.warning("unreadable classifier cache %s (%s): retraining", cache_path, e)
-            else:
-                if cached.data_key == key:
-                    return cached
-                log.info("classifier cache %s is for other data: retraining", cache_path)
-    classifier = train_classifier(images, labels)
-    if cache_path is not None:
-        try:
-            classifier.save(cache_path)
-        except OSError as e:
-            # A read-only cache costs a retrain next time, not the evaluation.
-            log.warning("could not cache the classifier at %s (%s)", cache_path, e)
-    return classifier
-
-
-def classifier_for(
-    dataset_name: str,
-    data_dir: str,
-    fashion_dir: str = "/usr/share/datasets/fashion-mnist",
-    cache_dir: str = "~/.cache/jldm",
-) -> Classifier:
-    """The cached classifier of a dataset's train split (trained on first use)."""
-    from jldm.data import load_split
-
-    train = load_split(dataset_name, "train", data_dir, fashion_dir=fashion_dir)
-    # Catalog names such as "name/config:1.2.3" must not become subfolders.
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", dataset_name)
-    path = os.path.join(os.path.expanduser(cache_dir), f"classifier_{safe}.npz")
-    return get_classifier(train.images, train.labels, path)

@@ -11,13 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jldm.errors import UserError
-from jldm.eval.classifier import Classifier, classifier_for
+from jldm.eval.classifier import Classifier
+from jldm.eval.classifier_cache import cache_folder, classifier_for
 from jldm.eval.frechet import feature_stats, frechet_distance
 
 _CHUNK = 4096
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
-CACHE_DIR = "~/.cache/jldm"
 
 
 @dataclass(eq=False)
@@ -109,15 +109,18 @@ def reference_for(
     dataset_name: str,
     data_dir: str,
     fashion_dir: str = FASHION_DIR,
-    cache_dir: str = CACHE_DIR,
+    cache_dir: str | None = None,
 ) -> Reference:
-    """The Reference of a dataset (classifier cached on disk, statistics kept for the process)."""
+    """The Reference of a dataset (classifier cached on disk, statistics kept for the process).
+
+    cache_dir: where the classifier is cached (default: $JLDM_CACHE_DIR, else ~/.cache/jldm).
+    """
     # Keyed by absolute paths so periodic evaluation during training loads both splits once.
     return _reference_cached(
         dataset_name,
         os.path.abspath(os.path.expanduser(data_dir)),
         os.path.abspath(os.path.expanduser(fashion_dir)),
-        os.path.abspath(os.path.expanduser(cache_dir)),
+        os.path.abspath(cache_folder(cache_dir)),
     )
 
 
@@ -127,13 +130,14 @@ def sample_quality(
     dataset_name: str,
     data_dir: str,
     fashion_dir: str = FASHION_DIR,
-    cache_dir: str = CACHE_DIR,
+    cache_dir: str | None = None,
 ) -> dict[str, float | int | None]:
     """Quality of samples images01: [N, H, W, C] in [0, 1] with their class labels: [N] or None.
 
     Returns class_accuracy (fraction of samples classified as their label; None without labels),
     frechet (Frechet distance of classifier features to the test split's), test_accuracy (the
     classifier's own accuracy on the test split, the ceiling for class_accuracy) and num_samples.
+    The classifier is trained once per dataset and cached in cache_dir (see reference_for).
     """
     reference = reference_for(dataset_name, data_dir, fashion_dir, cache_dir)
     return score_samples(reference, images01, labels)

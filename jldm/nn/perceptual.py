@@ -1,19 +1,15 @@
 """A small convolutional feature network for the perceptual (LPIPS-style) distance.
 
 LPIPS uses an ImageNet VGG; nothing here downloads weights. Train this net as a classifier on
-the same data (its __call__ gives logits), save its params, and load them from that local file
-for the autoencoder's perceptual loss.
+the same data (its __call__ gives logits); jldm.train.autoencoder trains, saves and loads it.
 """
 
-import os
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import serialization
 
-from jldm.errors import UserError
 from jldm.nn.layers import Dtype
 
 
@@ -54,20 +50,3 @@ def feature_fn(net: PerceptualNet, params) -> Callable[[jax.Array], list[jax.Arr
     """x: [B,H,W,C] -> list of feature maps, with params fixed (the loss does not train them)."""
     params = jax.lax.stop_gradient(params)
     return lambda x: net.apply({"params": params}, x, method=PerceptualNet.features)
-
-
-def save_params(params, path: str | os.PathLike) -> None:
-    """Write params as flax msgpack bytes to path."""
-    with open(path, "wb") as f:
-        f.write(serialization.msgpack_serialize(jax.tree_util.tree_map(jnp.asarray, params)))
-
-
-def load_params(path: str | os.PathLike):
-    """Read params written by save_params; a missing file is a UserError naming the fix."""
-    if not os.path.isfile(path):
-        raise UserError(
-            f"no perceptual-net weights at {path}: train PerceptualNet as a classifier and "
-            "save_params its params there"
-        )
-    with open(path, "rb") as f:
-        return serialization.msgpack_restore(f.read())

@@ -1,5 +1,7 @@
 """Orbax checkpoints of the TrainState in WORKDIR/checkpoints, one folder per step."""
 
+import contextlib
+import gc
 import logging
 import os
 import sys
@@ -8,8 +10,8 @@ import warnings
 import jax
 import orbax.checkpoint as ocp
 
+from jldm.build.state import TrainState
 from jldm.errors import UserError
-from jldm.train.state import TrainState
 
 # Unreadable step folders are renamed to this prefix + step; orbax's step pattern (digits only)
 # does not match it, so they are kept for the user but never listed or restored.
@@ -92,21 +94,9 @@ class _DropAbandonedReads(logging.Filter):
         return not ("exception was never retrieved" in text and ours)
 
 
-def _quiet_abandoned_reads() -> None:
-    """Silence the echoes of a failed restore, once per process, before any restore starts.
-
-    When one array fails to read, orbax closes its event loop while TensorStore reads of the
-    other arrays are still in flight; each of them then raises 'Event loop is closed' in a
-    TensorStore thread (printed through sys.unraisablehook or sys.excepthook) or leaves an
-    unretrieved task or future, and the coroutines it never started are reported as 'never
-    awaited' when collected. That is hundreds of tracebacks around the one-line report, and
-    they can fire before the failed restore returns, so the filters go in first; only those
-    exact errors (and TensorStore read errors nobody awaits) are dropped; excepthook drops only
-    the closed loop.
-    """
+def _install_filters() -> tuple:
+    """Put the filters in place; -> what undoes them."""
     previous, previous_except = sys.unraisablehook, sys.excepthook
-    if getattr(previous, "jldm_quiet", False):
-        return
 
     def hook(args) -> None:
         if not (_loop_closed(args.exc_value) or _abandoned_read(args.exc_value)):
@@ -116,12 +106,56 @@ def _quiet_abandoned_reads() -> None:
         if not _loop_closed(value):
             previous_except(kind, value, tb)
 
-    hook.jldm_quiet = True
     sys.unraisablehook, sys.excepthook = hook, except_hook
-    logging.getLogger("asyncio").addFilter(_DropAbandonedReads())
+    log_filter = _DropAbandonedReads()
+    logging.getLogger("asyncio").addFilter(log_filter)
     # The warning names the frame that happened to run the collection, not orbax, so the
     # filter matches the message; a failed restore is what leaves coroutines unawaited here.
     warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning)
+    return previous, previous_except, log_filter
+
+
+_PROCESS_WIDE = False
+
+
+def quiet_abandoned_reads_for_process() -> None:
+    """For a CLI that owns its process: keep the filters of quiet_abandoned_reads installed.
+
+    The echoes of a failed restore can come after it returned (garbage collection reports
+    unawaited coroutines at an arbitrary later moment); a process that ends on the one-line
+    error wants none of them. Library calls (a notebook) scope the filters to the restore.
+    """
+    global _PROCESS_WIDE
+    if not _PROCESS_WIDE:
+        _install_filters()
+        _PROCESS_WIDE = True
+
+
+@contextlib.contextmanager
+def quiet_abandoned_reads():
+    """Silence the echoes of a failed restore while it runs, then put every hook back.
+
+    When one array fails to read, orbax closes its event loop while TensorStore reads of the
+    other arrays are still in flight; each of them then raises 'Event loop is closed' in a
+    TensorStore thread (printed through sys.unraisablehook or sys.excepthook) or leaves an
+    unretrieved task or future, and the coroutines it never started are reported as 'never
+    awaited' when collected. That is hundreds of tracebacks around the one-line report, and
+    they can fire before the failed restore returns, so the filters go in first; only those
+    exact errors (and TensorStore read errors nobody awaits) are dropped; excepthook drops only
+    the closed loop. Collected before the hooks are restored, so the echoes of this restore
+    are reported while they are still filtered.
+    """
+    if _PROCESS_WIDE:
+        yield
+        return
+    with warnings.catch_warnings():
+        previous, previous_except, log_filter = _install_filters()
+        try:
+            yield
+        finally:
+            gc.collect()
+            sys.unraisablehook, sys.excepthook = previous, previous_except
+            logging.getLogger("asyncio").removeFilter(log_filter)
 
 
 def _reason(e: BaseException) -> str:
@@ -143,9 +177,9 @@ def restore(
         raise UserError(
             f"no checkpoint for step {step} in {mngr.directory}: available steps {sorted(steps)}"
         )
-    _quiet_abandoned_reads()
     try:
-        return _restore_step(mngr, abstract_state, step)
+        with quiet_abandoned_reads():
+            return _restore_step(mngr, abstract_state, step)
     except Exception as e:  # orbax and tensorstore raise plain Exception/ValueError on bad bytes
         raise UserError(
             f"checkpoint step {step} in {mngr.directory} cannot be read ({_reason(e)}): "
@@ -188,10 +222,10 @@ def restore_latest(
     if not steps:
         raise UserError(f"no checkpoint in {mngr.directory}: train first with train.py")
     bad: list[tuple[int, str]] = []
-    _quiet_abandoned_reads()
     for step in steps:
         try:
-            state, meta = _restore_step(mngr, abstract_state, step)
+            with quiet_abandoned_reads():
+                state, meta = _restore_step(mngr, abstract_state, step)
         except Exception as e:  # orbax/tensorstore raise plain Exception/ValueError on bad bytes
             bad.append((step, _reason(e)))
             continue

@@ -10,8 +10,12 @@ from jldm.errors import UserError
 
 # Sections that define what a checkpoint is; a workdir keeps them fixed across restarts.
 _ARCHITECTURE = ("model", "diffusion", "data", "text", "stage1")
-# Keys inside those sections that change how a step is computed, not what a checkpoint holds.
-_RUNTIME_ONLY = {"model.remat"}
+# Keys inside those sections that change how (or how long) steps run, not what a checkpoint holds.
+_RUNTIME_ONLY = {
+    "model.remat",
+    *(f"stage1.{k}" for k in ("steps", "log_every", "checkpoint_every", "keep_checkpoints")),
+    "stage1.skip_nonfinite",
+}
 
 
 _ADDED_DEFAULTS = {"objective": "ddpm", "parameterization": "score"}

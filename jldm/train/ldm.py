@@ -11,8 +11,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from jldm.train import autoencoder
-from jldm.train.config_io import write_config
+from jldm.build.autoencoder import build_autoencoder
+from jldm.sampling.run import Stage1, encode
+from jldm.train.autoencoder import load_stage1, stage1_task
+from jldm.train.diffusion import diffusion_task
+from jldm.train.fit import Result, fit
 
 
 def stage1_folder(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -21,30 +24,27 @@ def stage1_folder(config: ml_collections.ConfigDict, workdir: str) -> str:
     return os.path.abspath(os.path.expanduser(given)) if given else os.path.join(workdir, "stage1")
 
 
-def encode(config: ml_collections.ConfigDict, params, images: np.ndarray, batch: int = 256):
-    """Posterior means of images [N,H,W,C] in [-1, 1]. -> float32 [N, H/f, W/f, latent]."""
-    ae = autoencoder.build_autoencoder(config)
-    fn = jax.jit(lambda x: ae.apply({"params": params}, x, method=ae.encode).mean)
-    return np.concatenate(
-        [np.asarray(fn(images[i : i + batch])) for i in range(0, len(images), batch)]
-    )
-
-
-def run(config: ml_collections.ConfigDict, workdir: str, force: bool = False) -> bool:
-    """Both stages in workdir (stage 1 skipped when stage1.workdir names a finished run)."""
-    from jldm.train import loop
-
-    images, labels = loop.load_training_images(config)
-    if jax.process_index() == 0:
-        write_config(workdir, config, force)
+def fit_latent(
+    config: ml_collections.ConfigDict, workdir: str, data: tuple[np.ndarray, np.ndarray]
+) -> Result:
+    """Both stages in workdir on data = (images [N,H,W,C] in [-1, 1], labels [N]); stage 1 is
+    skipped when stage1.workdir names a finished run."""
+    images, labels = data
     folder = stage1_folder(config, workdir)
     if config.stage1.workdir:
-        params = autoencoder.load(config, folder)
+        params = load_stage1(config, folder)
     else:
-        params = autoencoder.train(config, folder, images, labels)
-    latents = encode(config, params, images)
+        os.makedirs(folder, exist_ok=True)
+        first = fit(stage1_task(config, folder, images, labels), folder)
+        if not first.complete:
+            return first
+        params = jax.device_get(first.state.params["ae"])
+    ae = build_autoencoder(config)
+    latents = encode(Stage1(ae, params, 1.0), images)
     scale = float(1.0 / latents.std())
     if jax.process_index() == 0:
         print(f"stage 1: {folder}; latents {latents.shape[1:]}, scale factor {scale:.4f}")
+    stage1 = Stage1(ae, params, scale)
     meta = {"latent_scale": scale, "stage1": folder}
-    return loop.run(config, workdir, force, data=(latents * scale, labels), meta=meta)
+    task = diffusion_task(config, workdir, (latents * scale, labels), stage1, meta)
+    return fit(task, workdir)

@@ -7,21 +7,21 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jldm.build.state import TrainState
 from jldm.errors import UserError
 from jldm.train.sharding import batch_sharding, replicated
-from jldm.train.state import TrainState
 
 
-def check_steps_per_call(train) -> None:
-    """train.steps_per_call >= 1, and steps, checkpoint_every and log_every multiples of it."""
-    k = train.steps_per_call
-    if k < 1:
-        raise UserError(f"train.steps_per_call={k} must be >= 1")
+def check_steps_per_call(section, prefix: str = "train") -> None:
+    """steps_per_call >= 1 (default 1), and steps, checkpoint_every, log_every multiples of it."""
+    k = section.get("steps_per_call", 1)
+    if not isinstance(k, int) or k < 1:
+        raise UserError(f"{prefix}.steps_per_call={k} must be an integer >= 1")
     for name in ("steps", "checkpoint_every", "log_every"):
-        if getattr(train, name) % k:
+        if section[name] % k:
             raise UserError(
-                f"train.{name}={getattr(train, name)} is not a multiple of "
-                f"train.steps_per_call={k}: make it one"
+                f"{prefix}.{name}={section[name]} is not a multiple of "
+                f"{prefix}.steps_per_call={k}: make it one"
             )
 
 
@@ -62,11 +62,11 @@ def make_update(
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         if skip_nonfinite:
-            keep = lambda new, old: jax.tree_util.tree_map(
-                lambda n, o: jnp.where(finite, n, o), new, old
+            params, ema = (
+                keep_if_finite(finite, params, state.params),
+                keep_if_finite(finite, ema, state.ema_params),
             )
-            params, ema = keep(params, state.params), keep(ema, state.ema_params)
-            opt_state = keep(opt_state, state.opt_state)
+            opt_state = keep_if_finite(finite, opt_state, state.opt_state)
         metrics = dict(metrics, grad_norm=grad_norm, nonfinite=1.0 - finite.astype(jnp.float32))
         new = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
         return new, metrics
@@ -74,21 +74,18 @@ def make_update(
     return update
 
 
-def make_train_step(
-    loss_fn: Callable,
-    tx: optax.GradientTransformation,
-    ema_decay: float,
-    mesh: Mesh,
-    skip_nonfinite: bool = False,
-    state_shardings=None,
-):
+def keep_if_finite(finite: jax.Array, new, old):
+    """new where finite, else old (leaf by leaf): how a skipped step leaves its state."""
+    return jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+
+def make_train_step(update: Callable, mesh: Mesh, state_shardings=None):
     """train_step(state, batches) -> (state, metrics); batches: {k: [k, B, ...]}, metrics: [k].
 
-    The state is donated and kept in state_shardings (a TrainState of NamedShardings, see
+    update(state, batch) -> (state, metrics) is one step (see make_update). The state is
+    donated and kept in state_shardings (a TrainState of NamedShardings, see
     sharding.state_sharding; None: replicated); the batch axis (axis 1) is split over devices.
     """
-    params_sh = None if state_shardings is None else state_shardings.params
-    update = make_update(loss_fn, tx, ema_decay, skip_nonfinite, params_sh)
 
     def train_step(state, batches):
         if jax.tree_util.tree_leaves(batches)[0].shape[0] == 1:

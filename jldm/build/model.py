@@ -1,17 +1,12 @@
-"""Config -> model, schedule and loss: the one place that reads model and diffusion settings."""
-
-import functools
-import os
+"""Config -> the denoising network: UNet, what it denoises (shape), its conditions and inputs."""
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jldm.diffusion.losses import make_ddpm_loss
-from jldm.diffusion.schedules import Schedule, make_schedule
+from jldm.build.text import text_tokenizer
 from jldm.errors import UserError
 from jldm.nn.models import ClassConditionalUNet, TextConditionalUNet
-from jldm.train.objectives import check_objective, make_score_loss
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -95,40 +90,11 @@ def build_model(config: ml_collections.ConfigDict):
     )
 
 
-def build_schedule(config: ml_collections.ConfigDict) -> Schedule:
-    """The noise schedule of config.diffusion."""
-    f = config.diffusion
-    try:
-        return make_schedule(f.schedule, f.timesteps, f.beta_start, f.beta_end)
-    except ValueError as e:
-        raise UserError(f"diffusion.schedule: {e}") from None
-
-
 def null_condition(config: ml_collections.ConfigDict):
     """The unconditional input: the null class id, or the empty prompt's token ids [L]."""
     if config.model.get("conditioning", "class") == "text":
         return text_tokenizer(config).encode([""], config.text.max_length)[0][0]
     return config.data.num_classes
-
-
-def text_tokenizer(config: ml_collections.ConfigDict):
-    """The caption tokenizer: loaded from text.tokenizer, or built from the dataset captions."""
-    from jldm.data.captions import CaptionTokenizer
-
-    path = config.text.tokenizer
-    if not path:
-        return _built_tokenizer()
-    try:
-        return CaptionTokenizer.load(os.path.expanduser(path))
-    except FileNotFoundError as e:
-        raise UserError(f"text.tokenizer: {e}") from None
-
-
-@functools.lru_cache(maxsize=1)
-def _built_tokenizer():
-    from jldm.data.captions import build_tokenizer
-
-    return build_tokenizer()
 
 
 def sr_factor(config: ml_collections.ConfigDict) -> int:
@@ -154,37 +120,8 @@ def upsample(low: jnp.ndarray, resolution: int) -> jnp.ndarray:
     return jax.image.resize(low, (n, resolution, resolution, c), "linear")
 
 
-def build_loss(config: ml_collections.ConfigDict, model):
-    """loss_fn(params, rng, batch) -> (loss, metrics) for config.diffusion."""
-    check_objective(config)
-    null = null_condition(config)
-    factor = sr_factor(config)
-    if config.diffusion.objective != "ddpm":
-        if factor > 1:
-            raise UserError("model.low_res_factor > 1 (super-resolution) needs objective=ddpm")
-        return make_score_loss(config, model, null)
-    if config.diffusion.prediction not in ("eps", "x0", "v"):
-        raise UserError(f"diffusion.prediction={config.diffusion.prediction!r}: use eps, x0 or v")
-
-    def loss_for(extra):
-        def apply_fn(params, x, t, labels, train, rngs):
-            if extra is not None:
-                x = jnp.concatenate([x, extra], axis=-1)
-            return model.apply({"params": params}, x, t, labels, train, rngs=rngs)
-
-        return make_ddpm_loss(
-            apply_fn,
-            build_schedule(config),
-            config.diffusion.prediction,
-            null_label=null,
-            cond_drop=config.diffusion.cond_drop,
-        )
-
-    if factor == 1:
-        return loss_for(None)
-
-    def sr_loss(params, rng, batch):
-        x = batch["image"]
-        return loss_for(upsample(downsample(x, factor), x.shape[1]))(params, rng, batch)
-
-    return sr_loss
+def init_params(model, config: ml_collections.ConfigDict, key: jax.Array):
+    """Fresh params of the conditional UNet for the shape it denoises (pixels or latents)."""
+    res, ch = model_shape(config)
+    x = jnp.zeros((1, res, res, ch * (2 if sr_factor(config) > 1 else 1)), jnp.float32)
+    return model.init(key, x, jnp.zeros((1,), jnp.int32), dummy_condition(config))["params"]

@@ -15,14 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jldm.build import samplers
 from jldm.convert.folder import component_dir
 from jldm.convert.pipeline import Pretrained, load_pretrained
 from jldm.convert.scheduler import inference_pairs
-from jldm.diffusion.samplers import classifier_free_guidance, ddim_step, eps_score, heun_step
-from jldm.diffusion.score_samplers import langevin_corrector
+from jldm.diffusion.samplers import classifier_free_guidance
 from jldm.errors import UserError
-
-SAMPLERS = ("ddim", "ddpm", "pc", "ode")
 
 
 def load_tokenizer(root: str):
@@ -80,6 +78,7 @@ def make_text_to_image(
     batch: int,
     height: int,
     width: int,
+    *,
     steps: int = 50,
     guidance: float = 7.5,
     sampler: str = "ddim",
@@ -96,8 +95,7 @@ def make_text_to_image(
     to-noise snr (score -eps_hat / sqrt(1 - alpha_bar)) before each ancestral step; ode: the
     probability-flow ODE by Heun's method (see heun_step), 2 evaluations a step.
     """
-    if sampler not in SAMPLERS:
-        raise UserError(f"--sampler={sampler} with --pretrained: use one of {SAMPLERS}")
+    chosen = samplers.get_for_grid(sampler)
     f = pipe.vae.factor
     # The UNet halves the latents once per level but the last and has no resizing of its own.
     multiple = f * 2 ** (len(pipe.unet.model.channel_mult) - 1)
@@ -106,10 +104,8 @@ def make_text_to_image(
             f"--height={height} --width={width}: both must be positive multiples of {multiple}"
         )
     sched = pipe.scheduler
-    if sampler in ("ddpm", "pc"):
-        pairs, eta = inference_pairs(sched, steps, alpha_one_at_end=True), 1.0
-    else:
-        pairs = inference_pairs(sched, steps)
+    pairs = inference_pairs(sched, steps, alpha_one_at_end=chosen.ancestral)
+    eta = 1.0 if chosen.ancestral else eta
     shape = (batch, height // f, width // f, pipe.unet.in_channels)
     unet, vae, text = pipe.unet.model, pipe.vae.model, pipe.text_encoder
     scale = pipe.vae.scaling_factor
@@ -119,28 +115,20 @@ def make_text_to_image(
         ctx, null = encode(ids), encode(null_ids)
         apply_fn = lambda x, t, c: unet.apply({"params": params["unet"]}, x, t, c)
         model_fn = classifier_free_guidance(apply_fn, ctx, null, guidance)
-        x = x_T
-
-        def body(x, tt):
-            t, t_prev = tt[0], tt[1]
-            if sampler == "ode":
-                return heun_step(model_fn, sched.schedule, x, t, t_prev, sched.prediction), None
-            if sampler == "pc":
-                score = eps_score(model_fn, sched.schedule, sched.prediction)
-                k_corr = jax.random.fold_in(jax.random.fold_in(key, t), 1)
-                x, _ = langevin_corrector(score, k_corr, x, t, snr, corrector_steps)
-            out = model_fn(x, jnp.full((batch,), t))
-            noise = (
-                jax.random.normal(jax.random.fold_in(key, t), shape)
-                if eta > 0
-                else jnp.zeros(shape)
-            )
-            x = ddim_step(
-                sched.schedule, x, t, t_prev, out, noise, eta, sched.prediction, sched.clip_sample
-            )
-            return x, None
-
-        x, _ = jax.lax.scan(body, x, jnp.asarray(pairs))
+        plan = samplers.GridPlan(
+            model_fn,
+            sched.schedule,
+            sched.prediction,
+            sched.clip_sample,
+            shape,
+            eta,
+            snr,
+            corrector_steps,
+        )
+        step = chosen.grid(plan)
+        x, _ = jax.lax.scan(
+            lambda x, tt: (step(key, x, tt[0], tt[1]), None), x_T, jnp.asarray(pairs)
+        )
         images = vae.apply({"params": params["vae"]}, x / scale, method=vae.decode)
         return jnp.clip(images / 2 + 0.5, 0.0, 1.0)
 
@@ -156,6 +144,7 @@ def initial_latents(pipe: Pretrained, key: jax.Array, batch: int, height: int, w
 def generate_text_to_image(
     pipe: Pretrained,
     prompts: Sequence[str],
+    *,
     negative_prompts: Sequence[str] | str = "",
     steps: int = 50,
     guidance: float = 7.5,
@@ -190,34 +179,37 @@ def generate_text_to_image(
     rep = lambda xs: [p for p in xs for _ in range(num_per_prompt)]
     ids = tokenize(tokenizer, rep(prompts), n)
     null_ids = tokenize(tokenizer, rep(negative_prompts), n)
-    go = make_text_to_image(pipe, ids.shape[0], height, width, steps, guidance, sampler, eta)
+    go = make_text_to_image(
+        pipe, ids.shape[0], height, width, steps=steps, guidance=guidance, sampler=sampler, eta=eta
+    )
     k_init, k_steps = jax.random.split(jax.random.PRNGKey(seed))
     x_T = initial_latents(pipe, k_init, ids.shape[0], height, width)
     return np.asarray(go(pipe.params, ids, null_ids, k_steps, x_T))
+
+
+def load(root: str, *, cache: str | bool = True, dtype=None) -> Pretrained:
+    """A diffusers SD folder converted (or restored from its Orbax cache) for sampling."""
+    return load_pretrained(root, cache=cache, dtype=dtype or default_compute_dtype())
 
 
 def sample_pretrained(
     root: str,
     prompts: Sequence[str],
     out: str,
-    negative_prompts: Sequence[str] | str = "",
-    steps: int = 50,
-    guidance: float = 7.5,
-    sampler: str = "ddim",
-    seed: int = 0,
-    height: int | None = None,
-    width: int | None = None,
-    num_per_prompt: int = 1,
-    eta: float = 0.0,
+    *,
     cache: str | bool = True,
     precision: str = "auto",
+    **options,
 ) -> None:
-    """sample.py --pretrained: write OUT.png (one row per prompt) and OUT.npz (images, prompts)."""
+    """sample.py --pretrained: write OUT.png (one row per prompt) and OUT.npz (images, prompts).
+
+    options: those of generate_text_to_image.
+    """
     from jldm.eval import save_grid
 
     # Mistakes that need no weights are reported before the (slow) load.
-    if sampler not in SAMPLERS:
-        raise UserError(f"--sampler={sampler} with --pretrained: use one of {SAMPLERS}")
+    sampler, steps = options.get("sampler", "ddim"), options.get("steps", 50)
+    samplers.get_for_grid(sampler)
     if steps < 1:
         raise UserError(f"--steps={steps} must be >= 1")
     if not prompts:
@@ -227,30 +219,18 @@ def sample_pretrained(
     pipe = load_pretrained(root, cache=cache, dtype=dtype)
     how = "converted" if pipe.source == "converted" else "loaded from the Orbax cache"
     print(f"{how} {pipe.root} in {pipe.load_seconds:.1f} s")
-    tokenizer = load_tokenizer(pipe.root)
     t0 = time.perf_counter()
-    images = generate_text_to_image(
-        pipe,
-        prompts,
-        negative_prompts,
-        steps,
-        guidance,
-        sampler,
-        seed,
-        height,
-        width,
-        num_per_prompt,
-        eta,
-        tokenizer,
-    )
+    images = generate_text_to_image(pipe, prompts, tokenizer=load_tokenizer(pipe.root), **options)
     seconds = time.perf_counter() - t0
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    save_grid(images, out + ".png", ncols=num_per_prompt)
-    per_image = [p for p in prompts for _ in range(num_per_prompt)]
+    per_prompt = options.get("num_per_prompt", 1)
+    save_grid(images, out + ".png", ncols=per_prompt)
+    per_image = [p for p in prompts for _ in range(per_prompt)]
     np.savez(out + ".npz", images=images, prompts=np.asarray(per_image))
     print(
         f"{images.shape[0]} images {images.shape[1]}x{images.shape[2]}, {sampler} {steps} steps, "
-        f"guidance {guidance}, {jnp.dtype(dtype).name}, {seconds:.1f} s incl. compile",
+        f"guidance {options.get('guidance', 7.5)}, {jnp.dtype(dtype).name}, "
+        f"{seconds:.1f} s incl. compile",
         file=sys.stdout,
     )
     print(f"samples: {out}.png {out}.npz")

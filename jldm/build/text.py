@@ -1,12 +1,33 @@
-"""What the UNet is conditioned on: class ids as they are, or captions of them as token ids."""
+"""Text conditions: the caption tokenizer, and class ids as captions' token ids."""
 
+import functools
+import os
 from collections.abc import Callable
 
 import ml_collections
 import numpy as np
 
 from jldm.errors import UserError
-from jldm.train.factory import text_tokenizer
+
+
+def text_tokenizer(config: ml_collections.ConfigDict):
+    """The caption tokenizer: loaded from text.tokenizer, or built from the dataset captions."""
+    from jldm.data.captions import CaptionTokenizer
+
+    path = config.text.tokenizer
+    if not path:
+        return _built_tokenizer()
+    try:
+        return CaptionTokenizer.load(os.path.expanduser(path))
+    except FileNotFoundError as e:
+        raise UserError(f"text.tokenizer: {e}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _built_tokenizer():
+    from jldm.data.captions import build_tokenizer
+
+    return build_tokenizer()
 
 
 def caption_table(config: ml_collections.ConfigDict) -> np.ndarray:

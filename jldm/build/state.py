@@ -46,3 +46,8 @@ def create_state(init_fn, tx: optax.GradientTransformation, seed: int) -> TrainS
         opt_state=tx.init(params),
         rng=rng,
     )
+
+
+def abstract_state(init_fn, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    """Shapes and dtypes of create_state(init_fn, tx, seed), without allocating it."""
+    return jax.eval_shape(lambda: create_state(init_fn, tx, seed))

@@ -1,4 +1,4 @@
-"""Compare trained runs at one sampling budget: python -m jldm.eval.compare W1 W2 ... --nfe 200.
+"""Compare trained runs at one sampling budget: python -m jldm.compare W1 W2 ... --nfe 200.
 
 Every workdir is sampled with its own configured sampler, its step count set so that one image
 costs about --nfe network evaluations (guidance included), the same images per class and seed.
@@ -18,8 +18,10 @@ import numpy as np
 from absl import flags
 
 from jldm import api
+from jldm.build import build_sde, samplers
 from jldm.cli import run_main
 from jldm.errors import UserError
+from jldm.sampling.run import decode, encode_images
 
 flags.DEFINE_integer("nfe", 200, "Network evaluations per image, guidance included.")
 flags.DEFINE_integer("per_class", 50, "Samples per class for the quality figures.")
@@ -70,7 +72,10 @@ def autoencoder_error(run: api.Loaded, num: int = 500) -> dict:
     d = run.config.data
     test = load_split(d.name, "test", d.data_dir, d.fashion_dir)
     x = np.asarray(preprocess(test.images[:num], d.resolution), np.float32)
-    recon = np.asarray(jax.jit(lambda z: api.decode(run, z))(api.encode_images(run, x)))
+    stage1 = run.stage1
+    recon = np.asarray(
+        jax.jit(lambda p, z: decode(stage1, p, z))(stage1.params, encode_images(run, x))
+    )
     mse = float(np.mean((recon - x) ** 2))
     return {
         "ae_mse": mse,
@@ -78,24 +83,6 @@ def autoencoder_error(run: api.Loaded, num: int = 500) -> dict:
         "ae_psnr": float(10 * np.log10(4.0 / mse)),  # peak 1 on [0, 1] is 2 on [-1, 1]
         "ae_images": len(x),
     }
-
-
-def matched_steps(run: api.Loaded, nfe: int, guidance: float) -> tuple[api.Loaded, int]:
-    """The run (its sample settings adjusted) and step count whose cost is about nfe per image."""
-    config = run.config.copy_and_resolve_references()
-    s = config.sample
-    per = max(1, nfe // (1 if guidance == 1.0 else 2))
-    steps = s.steps
-    if s.sampler == "ddim" or s.sampler == "em":
-        steps = per
-    elif s.sampler == "pc":
-        steps = max(1, per // (1 + s.corrector_steps))
-    elif s.sampler == "ode":
-        steps = max(1, per // (4 if s.ode_method == "rk4" else 2))
-    elif s.sampler == "als":
-        s.steps_per_sigma = max(1, (per - 1) // config.diffusion.num_scales)
-    # ddpm runs every one of its T steps: its NFE is reported as it is.
-    return run._replace(config=config), steps
 
 
 def compare_one(
@@ -120,16 +107,18 @@ def compare_one(
 
         stage1_speed = train_speed(stage1_folder(run.config, workdir))
     g = s.guidance if guidance is None else guidance
-    run, steps = matched_steps(run, nfe, g)
+    # ddpm runs every one of its T steps: its NFE is reported as it is.
+    steps = samplers.steps_for_nfe(run.config, s.sampler, nfe, g)
     labels = np.repeat(np.arange(d.num_classes, dtype=np.int32), per_class)
-    go = api.make_generator(run, api.conditions(run, labels), s.sampler, steps, g, s.eta)
+    gen = api.make_generator(
+        run, api.conditions(run, labels), sampler=s.sampler, steps=steps, guidance=g, eta=s.eta
+    )
     key = jax.random.PRNGKey(seed)
     t0 = time.perf_counter()
-    compiled = go.lower(key).compile()
+    compiled = gen.fn.lower(*gen.args(key)).compile()
     t1 = time.perf_counter()
-    x = jax.block_until_ready(compiled(key))
+    images = np.asarray(jax.block_until_ready(compiled(*gen.args(key))))
     t2 = time.perf_counter()
-    images = to_unit(np.clip(np.asarray(x), -1.0, 1.0))
     row = {
         "run": os.path.basename(os.path.normpath(workdir)),
         "workdir": workdir,
@@ -138,7 +127,7 @@ def compare_one(
         "parameterization": run.config.diffusion.parameterization,
         "sampler": s.sampler,
         "steps": steps,
-        "nfe": api.sampler_nfe(run.config, s.sampler, steps, g),
+        "nfe": samplers.nfe(run.config, s.sampler, steps, g),
         "guidance": g,
         "compile_s": t1 - t0,
         "sample_s": t2 - t1,
@@ -153,7 +142,7 @@ def compare_one(
         row.update(class_accuracy=q["class_accuracy"], frechet=q["frechet"])
     if run.stage1 is not None:
         row.update(autoencoder_error(run))
-    if bpd_images > 0 and run.config.diffusion.objective.endswith("sde"):
+    if bpd_images > 0 and build_sde(run.config) is not None:
         test = load_split(d.name, "test", d.data_dir, d.fashion_dir)
         x01 = to_unit(preprocess(test.images[:bpd_images], d.resolution))
         u8 = np.round(x01 * 255.0).astype(np.uint8)  # the test split rendered at 8 bits
@@ -180,7 +169,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main(workdirs: list[str]) -> None:
     if not workdirs:
-        raise UserError("compare needs workdirs: python -m jldm.eval.compare RUN1 RUN2 ...")
+        raise UserError("compare needs workdirs: python -m jldm.compare RUN1 RUN2 ...")
     if FLAGS.nfe < 1 or FLAGS.per_class < 1:
         raise UserError("--nfe and --per_class must be >= 1")
     missing = [w for w in workdirs if not os.path.isdir(w)]

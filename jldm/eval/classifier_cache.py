@@ -1,0 +1,75 @@
+"""The classifiers of jldm.eval.classifier cached on disk, one per dataset, as
+classifier_NAME.npz in the cache folder: $JLDM_CACHE_DIR when set, else ~/.cache/jldm."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import zipfile
+
+import numpy as np
+
+from jldm.eval.classifier import Classifier, check_training_set, data_key, train_classifier
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR_ENV = "JLDM_CACHE_DIR"
+
+
+def cache_folder(cache_dir: str | None = None) -> str:
+    """cache_dir if given, else $JLDM_CACHE_DIR if set, else ~/.cache/jldm (with ~ expanded).
+
+    The variable is read at each call, not at import, so a process may set it at any time.
+    """
+    return os.path.expanduser(cache_dir or os.environ.get(CACHE_DIR_ENV) or "~/.cache/jldm")
+
+
+def get_classifier(
+    train_images_u8: np.ndarray, train_labels: np.ndarray, cache_path: str | None
+) -> Classifier:
+    """Classifier for uint8 images [N, H, W, C] and labels [N]: loaded from cache_path or trained.
+
+    A cache written for different data (shape, content or training recipe) is retrained and
+    replaced.
+    """
+    images, labels = check_training_set(train_images_u8, train_labels)
+    if cache_path is not None:
+        cache_path = os.path.expanduser(cache_path)
+        if os.path.exists(cache_path):
+            key = data_key(images, labels)
+            try:
+                cached = Classifier.load(cache_path)
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+                log.warning("unreadable classifier cache %s (%s): retraining", cache_path, e)
+            else:
+                if cached.data_key == key:
+                    return cached
+                log.info("classifier cache %s is for other data: retraining", cache_path)
+    classifier = train_classifier(images, labels)
+    if cache_path is not None:
+        try:
+            classifier.save(cache_path)
+        except OSError as e:
+            # A read-only cache costs a retrain next time, not the evaluation.
+            log.warning("could not cache the classifier at %s (%s)", cache_path, e)
+    return classifier
+
+
+def classifier_for(
+    dataset_name: str,
+    data_dir: str,
+    fashion_dir: str = "/usr/share/datasets/fashion-mnist",
+    cache_dir: str | None = None,
+) -> Classifier:
+    """The cached classifier of a dataset's train split (trained on first use).
+
+    cache_dir: the cache folder (default: $JLDM_CACHE_DIR, else ~/.cache/jldm; see cache_folder).
+    """
+    from jldm.data import load_split
+
+    train = load_split(dataset_name, "train", data_dir, fashion_dir=fashion_dir)
+    # Catalog names such as "name/config:1.2.3" must not become subfolders.
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", dataset_name)
+    path = os.path.join(cache_folder(cache_dir), f"classifier_{safe}.npz")
+    return get_classifier(train.images, train.labels, path)

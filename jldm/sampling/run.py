@@ -1,0 +1,91 @@
+"""What sampling needs of a trained run: a typed record, its conditions, its latent space."""
+
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+
+from jldm.build.model import null_condition
+from jldm.build.text import caption_table, text_tokenizer
+from jldm.diffusion.schedules import Schedule
+from jldm.errors import UserError
+from jldm.nn.autoencoder import AutoencoderKL
+
+
+class Stage1(NamedTuple):
+    """The autoencoder of a latent run: module, params, and the latent scale factor."""
+
+    model: AutoencoderKL
+    params: Any
+    scale: float
+
+
+class Loaded(NamedTuple):
+    """A trained run: its config, Flax module, (EMA) params, noise schedule and step.
+
+    stage1: for latent diffusion, the autoencoder the UNet's latents come from.
+    """
+
+    config: ml_collections.ConfigDict
+    model: Any
+    params: Any
+    schedule: Schedule
+    step: int
+    stage1: Stage1 | None = None
+
+
+def is_text(config: ml_collections.ConfigDict) -> bool:
+    """A run conditioned on token ids (captions, prompts) rather than class ids."""
+    return config.model.get("conditioning", "class") == "text"
+
+
+def conditions(
+    run: Loaded, labels: np.ndarray | None = None, prompts: list[str] | None = None
+) -> np.ndarray:
+    """The UNet's conditions: class ids [N], or token ids [N, L] for a text-conditional run.
+
+    A text run given labels uses each class's first caption template; a class run refuses
+    prompts.
+    """
+    config = run.config
+    if (labels is None) == (prompts is None):
+        raise UserError("pass either class labels or prompts")
+    if prompts is not None:
+        if not is_text(config):
+            raise UserError("this run is class-conditional: pass --classes instead of --prompt")
+        return text_tokenizer(config).encode(list(prompts), config.text.max_length)[0]
+    labels = np.asarray(labels, np.int32)
+    if is_text(config):
+        return caption_table(config)[labels, 0]
+    return labels
+
+
+def null_conditions(run: Loaded, cond: np.ndarray) -> np.ndarray:
+    """The unconditional input broadcast to the conditions' shape [N] or [N, L]."""
+    return np.broadcast_to(np.asarray(null_condition(run.config), np.int32), cond.shape)
+
+
+def encode(stage1: Stage1, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Images [N,H,W,C] in [-1, 1] -> unscaled posterior means [N, H/f, W/f, latent], float32."""
+    ae = stage1.model
+    fn = jax.jit(lambda p, x: ae.apply({"params": p}, x, method=ae.encode).mean)
+    images = np.asarray(images, np.float32)
+    return np.concatenate(
+        [np.asarray(fn(stage1.params, images[i : i + batch])) for i in range(0, len(images), batch)]
+    )
+
+
+def encode_images(run: Loaded, images: np.ndarray) -> np.ndarray:
+    """Images [N,H,W,C] in [-1, 1] -> what the UNet denoises (scaled latents for an LDM)."""
+    if run.stage1 is None:
+        return np.asarray(images, np.float32)
+    return encode(run.stage1, images) * run.stage1.scale
+
+
+def decode(stage1: Stage1 | None, params, x: jax.Array) -> jax.Array:
+    """What the UNet denoises -> images [N,H,W,C] in about [-1, 1] (decoded for an LDM)."""
+    if stage1 is None:
+        return x
+    ae = stage1.model
+    return ae.apply({"params": params}, x / stage1.scale, method=ae.decode)

@@ -1,0 +1,149 @@
+"""The one training loop: resume, fused jitted steps, NaN policy, signals, logs, checkpoints.
+
+Every kind of training (pixel or latent diffusion, the stage-1 autoencoder, toy densities) is a
+Task: its state, its step, its inputs and its metrics. The loop owns everything else, so every
+task resumes, stops on SIGTERM/SIGINT, refuses NaN and checkpoints the same way.
+"""
+
+import dataclasses
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from jldm.build.state import TrainState
+from jldm.errors import UserError
+from jldm.train import checkpoint
+from jldm.train.feeder import Prefetcher
+from jldm.train.metrics_log import MetricWriter
+from jldm.train.signals import stop_requests
+from jldm.train.step import check_steps_per_call, mean_metrics
+
+
+class TrainingDiverged(UserError):
+    """The loss or gradients became NaN/Inf; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class Task:
+    """One kind of training, as the loop sees it.
+
+    section: the config section of its schedule (steps, log_every, checkpoint_every,
+    keep_checkpoints, and optionally steps_per_call, skip_nonfinite), named `name` in messages.
+    shapes: the abstract TrainState (with shardings) a checkpoint restores into; init() a fresh
+    one. step(state, inputs) -> (state, metrics [k]) runs k = steps_per_call fused steps and
+    reports metrics["nonfinite"] per step; inputs(start, stop) yields one input per call, from
+    a background thread. evaluate(state, step) -> extra scalars on log steps (and step 0);
+    finish(state) runs once training is complete; meta goes with every checkpoint.
+    """
+
+    name: str
+    section: ml_collections.ConfigDict
+    shapes: TrainState
+    init: Callable[[], TrainState]
+    step: Callable[[TrainState, Any], tuple[TrainState, dict]]
+    inputs: Callable[[int, int], Iterator]
+    evaluate: Callable[[TrainState, int], dict] | None = None
+    finish: Callable[[TrainState], None] | None = None
+    meta: dict = dataclasses.field(default_factory=dict)
+    show: str = "loss"  # the metric shown beside the progress bar
+
+
+class Result(NamedTuple):
+    """complete: train.steps are done (False: stopped by a signal, after a checkpoint)."""
+
+    complete: bool
+    state: TrainState
+
+
+def check_section(section: ml_collections.ConfigDict, name: str) -> None:
+    """A schedule section's settings, checked before any work is done."""
+    for key in ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "batch_size"):
+        value = section.get(key)
+        low = 0 if key == "steps" else 1
+        if value is not None and not (isinstance(value, int) and value >= low):
+            raise UserError(f"{name}.{key}={value} must be an integer >= {low}")
+    check_steps_per_call(section, name)
+
+
+def fit(task: Task, workdir: str) -> Result:
+    """Train task in workdir, resuming from its latest readable checkpoint."""
+    sec = task.section
+    check_section(sec, task.name)
+    k, total = sec.get("steps_per_call", 1), sec.steps
+    skip = sec.get("skip_nonfinite", False)
+    main = jax.process_index() == 0
+    mngr = checkpoint.manager(workdir, sec.keep_checkpoints)
+    if mngr.latest_step() is not None:
+        # An unreadable latest step falls back to the one before; it is moved aside, not deleted.
+        state, _ = checkpoint.restore_latest(mngr, task.shapes, move_aside=True)
+    else:
+        state = task.init()
+    start = int(state.step)
+    if start >= total:
+        if main:
+            print(f"{workdir}: already trained to step {start} ({task.name}.steps={total})")
+        return Result(True, state)
+    if start % k:
+        raise UserError(
+            f"the run resumes at step {start}, not a multiple of {task.name}.steps_per_call={k}: "
+            "use the steps_per_call it was trained with"
+        )
+    writer = MetricWriter(workdir, enabled=main)
+    if start == 0 and task.evaluate is not None:
+        writer.write(0, task.evaluate(state, 0))
+    feeder = Prefetcher(task.inputs(start, total))
+    bar = tqdm(total=total, initial=start, unit="step", disable=not main, dynamic_ncols=True)
+    bar.set_description(task.name)
+    t_last, s_last = time.perf_counter(), start
+    skipped, done = 0, start
+    try:
+        with stop_requests() as stop:
+            for step in range(start, total, k):
+                state, metrics = task.step(state, feeder.next())
+                done = step + k
+                bar.update(k)
+                bad = np.asarray(jax.device_get(metrics["nonfinite"]))
+                if bad.any() and not skip:
+                    raise TrainingDiverged(
+                        f"loss or gradients became NaN/Inf at step "
+                        f"{step + int(bad.argmax()) + 1}; the last good checkpoint (step "
+                        f"{mngr.latest_step()}) is kept: lower {task.name}.lr, or set "
+                        f"{task.name}.skip_nonfinite=True to skip such steps"
+                    )
+                skipped += int(bad.sum())
+                if done % sec.log_every == 0 or done == total:
+                    scalars = mean_metrics(metrics)
+                    now = time.perf_counter()
+                    scalars["steps_per_sec"] = (done - s_last) / (now - t_last)
+                    scalars["skipped_steps"] = skipped
+                    if task.evaluate is not None:
+                        scalars.update(task.evaluate(state, done))
+                    t_last, s_last = now, done
+                    writer.write(done, scalars)
+                    if task.show in scalars:
+                        bar.set_postfix({task.show: f"{scalars[task.show]:.4f}"})
+                if done % sec.checkpoint_every == 0 or done == total or stop:
+                    meta = {**task.meta, "step": done, "data_step": done}
+                    checkpoint.save(mngr, state, meta)
+                if stop:
+                    break
+    finally:
+        feeder.close()
+        bar.close()
+        writer.close()
+    if skipped and main:
+        print(f"skipped {skipped} steps with NaN/Inf loss or gradients")
+    if stop:
+        if main:
+            name = signal.Signals(stop[0]).name
+            print(f"stopped by {name} at step {done}: checkpoint saved, rerun to resume")
+        return Result(False, state)
+    if task.finish is not None:
+        task.finish(state)
+    return Result(True, state)

@@ -1,0 +1,183 @@
+"""One loop, one reliability policy: every task (pixel diffusion, stage-1 autoencoder, latent
+diffusion, toy densities) stops cleanly on SIGTERM and resumes bit for bit, and refuses or skips
+NaN steps keeping its last good checkpoint. (A real SIGKILL and a real SIGTERM from outside are
+in test_reliability.py and test_cli.py.)"""
+
+import dataclasses
+import importlib
+import json
+import os
+import shutil
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from jldm.diffusion.toy import GaussianMixture
+from jldm.train import checkpoint, ldm, toy
+from jldm.train.autoencoder import stage1_task
+from jldm.train.diffusion import diffusion_task
+from jldm.train.fit import TrainingDiverged, fit
+from jldm.train.inputs import load_training_images
+from jldm.train.toy import toy_task
+from tests.test_ldm import tiny_ldm
+from tests.tiny import tiny_config
+
+real_density = toy.build_density
+
+KINDS = ["pixel", "stage1", "latent", "toy"]
+# Two steps, a checkpoint after each: a stop, a NaN or a resume at step 1 of 2 (the toy, which
+# fuses two steps per call, runs four).
+SCHEDULE = {"steps": 2, "checkpoint_every": 1, "log_every": 1}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("fit")
+
+
+@pytest.fixture(scope="module")
+def finished_stage1(root):
+    """A finished stage 1 that the latent case reuses (stage1.workdir)."""
+    config = tiny_ldm(str(root / "tfds"))
+    folder = str(root / "stage1")
+    images, labels = load_training_images(config)
+    assert fit(stage1_task(config, folder, images, labels), folder).complete
+    return folder
+
+
+def _config(kind: str, root, stage1_folder: str | None, **schedule):
+    sched = {**SCHEDULE, **schedule}
+    data_dir = str(root / "tfds")
+    if kind == "toy":
+        c = importlib.import_module("configs.toy_dsm").get_config()
+        # Two steps fused per call: a resume must land on the same chunk boundaries.
+        c.train.steps_per_call, c.train.batch_size = 2, 64
+        sched.update(steps=4, checkpoint_every=2, log_every=2)
+        c.eval.num, c.eval.levels, c.sample.num, c.sample.steps = 64, 2, 16, 2
+        section = c.train
+    elif kind == "pixel":
+        c = tiny_config(data_dir)
+        section = c.train
+    else:
+        c = tiny_ldm(data_dir)
+        c.stage1.workdir = stage1_folder or ""
+        # Class labels instead of captions, no perceptual net: their compiles add nothing here.
+        c.model.conditioning = "class"
+        c.stage1.perceptual_weight = 0.0
+        section = c.stage1 if kind == "stage1" else c.train
+    for k, v in sched.items():
+        section[k] = v
+    return c
+
+
+def _run(kind, config, workdir, wrap):
+    """Fit the task of kind in workdir; wrap(task) changes the task before it runs."""
+    os.makedirs(workdir, exist_ok=True)
+    if kind == "latent":
+        real = ldm.fit
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(ldm, "fit", lambda task, w: real(wrap(task), w))
+            return ldm.fit_latent(config, workdir, load_training_images(config))
+    if kind == "toy":
+        task = toy_task(config, workdir)
+    elif kind == "pixel":
+        task = diffusion_task(config, workdir, load_training_images(config))
+    else:
+        task = stage1_task(config, workdir, *load_training_images(config))
+    return fit(wrap(task), workdir)
+
+
+def _no_finish(task):
+    """The final grid or samples are not what these tests check: skip their compiles."""
+    return dataclasses.replace(task, finish=None)
+
+
+def _signal_after(n: int):
+    """A wrap that raises SIGTERM in this process after n calls of the task's step."""
+
+    def wrap(task):
+        real, calls = task.step, []
+
+        def step(state, inputs):
+            out = real(state, inputs)
+            calls.append(1)
+            if len(calls) == n:
+                signal.raise_signal(signal.SIGTERM)
+            return out
+
+        return _no_finish(dataclasses.replace(task, step=step))
+
+    return wrap
+
+
+def _nan_inputs(task):
+    """NaN images in every batch (the toy draws its data on the device: see the test)."""
+    real = task.inputs
+
+    def inputs(start, stop):
+        for batch in real(start, stop):
+            yield dict(batch, image=batch["image"] * np.nan)
+
+    return _no_finish(dataclasses.replace(task, inputs=inputs))
+
+
+class _NaNDraws(GaussianMixture):
+    """A toy density whose training draws are NaN (its means and plots stay finite)."""
+
+    def sample(self, key, n):
+        return super().sample(key, n) * np.nan
+
+
+def _same(a, b):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _steps(workdir) -> list[int]:
+    return checkpoint.manager(workdir, read_only=True).all_steps()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_task_stops_resumes_bit_exactly_and_refuses_or_skips_nan(
+    kind, root, finished_stage1, tmp_path, monkeypatch, capsys
+):
+    config = _config(kind, root, finished_stage1)
+    section = config.stage1 if kind == "stage1" else config.train
+    total, k = section.steps, section.get("steps_per_call", 1)
+    half = total // 2
+    a, b, c = (str(tmp_path / n) for n in "abc")
+    straight = _run(kind, config, a, _no_finish)
+    assert straight.complete and int(straight.state.step) == total and _steps(a) == [half, total]
+
+    # SIGTERM halfway: a checkpoint of that step, and False (not complete).
+    stopped = _run(kind, config, b, _signal_after(half // k))
+    assert not stopped.complete and int(stopped.state.step) == half and _steps(b) == [half]
+    assert f"stopped by SIGTERM at step {half}: checkpoint saved" in capsys.readouterr().out
+    shutil.copytree(b, c)
+
+    # A NaN step after it ends the run and keeps the last good checkpoint.
+    poison = _nan_inputs
+    if kind == "toy":
+        monkeypatch.setattr(toy, "build_density", lambda cfg: _NaNDraws(*real_density(cfg)))
+        poison = _no_finish
+    words = rf"step {half + 1}; the last good checkpoint \(step {half}\)"
+    with pytest.raises(TrainingDiverged, match=words):
+        _run(kind, config, b, poison)
+    assert _steps(b) == [half]
+    # ... or, with skip_nonfinite, every NaN step is skipped and counted.
+    section.skip_nonfinite = True
+    skipped = _run(kind, config, b, poison)
+    assert skipped.complete and int(skipped.state.step) == total
+    _same(skipped.state.params, stopped.state.params)
+    with open(os.path.join(b, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f if "skipped_steps" in line]
+    assert rows[-1]["skipped_steps"] == total - half
+    monkeypatch.undo()
+
+    # The copy taken at the stop resumes to exactly the uninterrupted run.
+    section.skip_nonfinite = False
+    resumed = _run(kind, config, c, _no_finish)
+    assert resumed.complete and _steps(c) == [half, total]
+    _same(straight.state, resumed.state)
