@@ -40,8 +40,9 @@ def load(workdir: str, step: int | None = None, *, ema: bool = True) -> Loaded:
 def load_pretrained(root: str, *, cache: str | bool = True, dtype=None) -> "Pretrained":
     """A diffusers Stable Diffusion folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/).
 
-    cache: where the converted Orbax checkpoint is kept (True: ROOT/jldm-orbax; False: convert
-    every time); dtype: the compute dtype (None: bfloat16 on GPU/TPU, float32 on CPU).
+    cache: where the converted Orbax checkpoint is kept (True: a folder per model in jldm's
+    cache folder, see jldm.cache; False: convert every time); dtype: the compute dtype (None:
+    bfloat16 on GPU/TPU, float32 on CPU).
     """
     from jldm.sampling.pretrained import load
 

@@ -17,14 +17,16 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
-from jldm.convert.pipeline import load_pretrained  # noqa: E402
+from jldm.convert.folder import load_tensors, read_config  # noqa: E402
+from jldm.convert.models import convert_unet, unet_from_config  # noqa: E402
+from jldm.convert.pipeline import default_cache, load_pretrained  # noqa: E402
 from jldm.convert.scheduler import inference_pairs, inference_timesteps  # noqa: E402
 from jldm.convert.scheduler import scheduler_from_config as sched_cfg  # noqa: E402
 from jldm.diffusion.samplers import ddim_step  # noqa: E402
 from jldm.errors import UserError  # noqa: E402
 from jldm.sampling.pretrained import generate_text_to_image, make_text_to_image, tokenize  # noqa: E402
 from tests.clitools import assert_user_error, cli  # noqa: E402
-from tests.sd_tiny import MAX_LENGTH, build_folder  # noqa: E402
+from tests.sd_tiny import MAX_LENGTH, build_folder, randomize, unet_kwargs  # noqa: E402
 
 torch.set_num_threads(1)
 TOL = 1e-4
@@ -50,16 +52,35 @@ def sd(request, tmp_path_factory):
     return request.param, root, models, load_pretrained(root)
 
 
-def test_unet_matches_diffusers(sd):
-    _, _, models, pipe = sd
+def _unet_err(torch_unet, spec, params) -> float:
+    """rel_err of our UNet against diffusers' on random latents, two timesteps, a context."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
-    ctx = rng.standard_normal((2, 5, pipe.unet.context_dim)).astype(np.float32)
+    ctx = rng.standard_normal((2, 5, spec.context_dim)).astype(np.float32)
     t = np.array([3, 917])
     with torch.no_grad():
-        ref = models["unet"](torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx))
-    ours = pipe.unet.model.apply({"params": pipe.params["unet"]}, x.transpose(0, 2, 3, 1), t, ctx)
-    assert rel_err(nchw(ours), ref.sample.numpy()) < TOL
+        ref = torch_unet(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx))
+    ours = spec.model.apply({"params": params}, x.transpose(0, 2, 3, 1), t, ctx)
+    return rel_err(nchw(ours), ref.sample.numpy())
+
+
+def test_unet_matches_diffusers(sd):
+    _, _, models, pipe = sd
+    assert _unet_err(models["unet"], pipe.unet, pipe.params["unet"]) < TOL
+
+
+def test_unet_with_a_head_count_per_level_matches_diffusers(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    # SD-2 layout; head widths 8, 4 at the attention levels and 8 in the mid block (counts[-1]).
+    torch.manual_seed(5)
+    unet = UNet2DConditionModel(**dict(unet_kwargs("sd2"), attention_head_dim=(2, 8, 4))).eval()
+    randomize(unet, 5)
+    unet.save_pretrained(str(tmp_path / "unet"))
+    spec = unet_from_config(read_config(str(tmp_path), "unet"))
+    assert spec.model.num_heads == (2, 8, 4) and spec.model.head_dim == 0
+    tensors, src = load_tensors(str(tmp_path), "unet")
+    assert _unet_err(unet, spec, convert_unet(tensors, spec, src)) < TOL
 
 
 def test_vae_encoder_and_decoder_match_diffusers(sd):
@@ -104,7 +125,7 @@ def test_configs_become_our_modules(sd):
         assert (unet.num_heads, unet.head_dim, unet.use_linear_projection) == (2, 0, False)
         assert pipe.scheduler.prediction == "eps" and pipe.vae.scaling_factor == 0.18215
     else:
-        assert (unet.head_dim, unet.use_linear_projection) == (8, True)
+        assert (unet.num_heads, unet.use_linear_projection) == ((2, 4, 4), True)
         assert pipe.scheduler.prediction == "v" and pipe.vae.scaling_factor == 0.5
     assert not pipe.scheduler.set_alpha_to_one and pipe.scheduler.steps_offset == 1
 
@@ -209,7 +230,9 @@ def test_orbax_cache_reloads_and_follows_the_weights(sd):
     if flavour == "sd2":
         pytest.skip("the cache does not depend on the flavour")
     again = load_pretrained(root)
-    assert again.source == "cache" and os.path.isdir(os.path.join(root, "jldm-orbax"))
+    assert again.source == "cache"
+    cache = default_cache(root)
+    assert cache.startswith(os.environ["JLDM_CACHE_DIR"] + os.sep) and os.path.isdir(cache)
     same = jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)), first.params, again.params)
     assert all(jax.tree_util.tree_leaves(same))
     # A changed weight file invalidates the cache.
@@ -222,7 +245,7 @@ def test_orbax_cache_reloads_and_follows_the_weights(sd):
 
 def _copy(root, tmp_path):
     dst = str(tmp_path / "copy")
-    shutil.copytree(root, dst, ignore=shutil.ignore_patterns("jldm-orbax*"))
+    shutil.copytree(root, dst)
     return dst
 
 

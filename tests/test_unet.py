@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jldm.nn.layers import Attention, SpatialTransformer
 from jldm.nn.unet import UNet
@@ -19,6 +20,15 @@ TINY = dict(
 
 def _init(model, *args):
     return jax.jit(model.init)(jax.random.PRNGKey(0), *args)["params"]
+
+
+def _randomized(params, key):
+    """Every param N(0, 0.3^2): zero-initialised output layers would hide the attention."""
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree_util.tree_unflatten(
+        tree, [0.3 * jax.random.normal(k, a.shape) for k, a in zip(keys, leaves, strict=True)]
+    )
 
 
 def _paths(params) -> set[str]:
@@ -99,13 +109,7 @@ def test_cross_attention_sees_the_context_but_not_masked_padding():
     x = jax.random.normal(k1, (2, 4, 4, 8))
     ctx = jax.random.normal(k2, (2, 5, 16))
     mask = jnp.array([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]], bool)
-    p = _init(st, x, ctx, mask)
-    # Zero-initialised layers would hide the context; randomise every param.
-    leaves, tree = jax.tree_util.tree_flatten(p)
-    keys = jax.random.split(k3, len(leaves))
-    p = jax.tree_util.tree_unflatten(
-        tree, [0.3 * jax.random.normal(k, a.shape) for k, a in zip(keys, leaves, strict=True)]
-    )
+    p = _randomized(_init(st, x, ctx, mask), k3)
     run = jax.jit(lambda c: st.apply({"params": p}, x, c, mask))
     base = run(ctx)
     padded = ctx.at[:, 3:].set(jax.random.normal(k3, (2, 2, 16)) * 10)
@@ -139,3 +143,20 @@ def test_dropout_only_in_training():
     tr = jax.jit(lambda k: model.apply({"params": p}, x, t, ctx, None, True, rngs={"dropout": k}))
     assert float(jnp.abs(tr(jax.random.PRNGKey(0)) - tr(jax.random.PRNGKey(1))).max()) > 1e-6
     np.testing.assert_array_equal(tr(jax.random.PRNGKey(0)), tr(jax.random.PRNGKey(0)))
+
+
+def test_per_level_head_counts_match_one_head_width():
+    # channels 8, 16: head width 4 means 2 heads at level 0 and 4 at level 1 and the mid block.
+    per_level = UNet(out_channels=1, **dict(TINY, num_heads=(2, 4)))
+    by_width = UNet(out_channels=1, **dict(TINY, head_dim=4))
+    one_count = UNet(out_channels=1, **TINY)
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(3), 3)
+    x, ctx, t = jax.random.normal(k1, (2, 8, 8, 1)), jax.random.normal(k2, (2, 3, 16)), jnp.ones(2)
+    p = _init(per_level, x, t, ctx)
+    assert _paths(p) == _paths(_init(one_count, x, t, ctx))
+    p = _randomized(p, k3)
+    out = per_level.apply({"params": p}, x, t, ctx)
+    np.testing.assert_allclose(out, by_width.apply({"params": p}, x, t, ctx), rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(one_count.apply({"params": p}, x, t, ctx) - out).max()) > 1e-3
+    with pytest.raises(ValueError, match="one count per level"):
+        UNet(out_channels=1, **dict(TINY, num_heads=(2, 4, 4))).init(k1, x, t, ctx)

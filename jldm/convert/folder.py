@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from jldm.errors import UserError
 
@@ -78,6 +78,11 @@ def _bf16_as_f32(path: str, name: str) -> np.ndarray:
     return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info["shape"])
 
 
+def unreadable(path: str, fix: str = "re-download it") -> UserError:
+    """The one-line error for a weight file that safetensors cannot parse (cut short, empty)."""
+    return UserError(f"{path}: not a readable safetensors file (truncated or empty?): {fix}")
+
+
 def load_tensors(root: str, name: str) -> tuple[dict[str, np.ndarray], str]:
     """All tensors of a component as float32 numpy arrays, and a label naming its file(s)."""
     tensors: dict[str, np.ndarray] = {}
@@ -90,6 +95,8 @@ def load_tensors(root: str, name: str) -> tuple[dict[str, np.ndarray], str]:
                         tensors[key] = _bf16_as_f32(path, key)
                     else:
                         tensors[key] = np.asarray(f.get_tensor(key))
+        except SafetensorError:
+            raise unreadable(path, f"re-download it or re-save the {name}") from None
         except (OSError, ValueError, KeyError) as e:
             raise UserError(f"{path} cannot be read ({e}): re-save the {name}") from None
     label = files[0] if len(files) == 1 else os.path.dirname(files[0])

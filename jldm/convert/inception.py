@@ -10,13 +10,16 @@ file jldm.eval.fid loads directly; .pth files load too, just more slowly.
 import os
 import re
 import sys
+import zipfile
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from jldm.convert.folder import unreadable
 from jldm.convert.mapping import convert_state_dict
 from jldm.convert.torch_pickle import load_torch_file
 from jldm.errors import UserError
@@ -35,10 +38,16 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
             "(pt_inception-2015-12-05-6726825d.pth) or its safetensors conversion"
         )
     if path.endswith(".safetensors"):
-        return load_file(path)
+        try:
+            return load_file(path)
+        except SafetensorError:
+            raise unreadable(path, "convert the .pth again") from None
     if path.endswith(".npz"):
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
+        try:
+            with np.load(path) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise UserError(f"{path} cannot be read as .npz ({e}): write it again") from None
     state = load_torch_file(path)
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]

@@ -125,24 +125,19 @@ def unet_from_config(cfg: Mapping, dtype: Dtype = jnp.float32) -> UNetSpec:
         )
     channels = list(cfg["block_out_channels"])
     levels = len(channels)
+    # diffusers reads attention_head_dim as head counts, one per level (or one for all).
     heads = _per_level(
         cfg.get("num_attention_heads") or cfg.get("attention_head_dim", 8),
         levels,
         "attention_head_dim",
     )
-    # The mid block uses the last level's head count; only levels with attention matter.
-    used = [lvl for lvl in range(levels) if attention[lvl]] + [levels - 1]
-    head_counts = {heads[lvl] for lvl in used}
-    head_dims = {channels[lvl] // heads[lvl] for lvl in used}
-    if len(head_counts) == 1:
-        num_heads, head_dim = head_counts.pop(), 0
-    elif len(head_dims) == 1 and all(channels[lvl] % heads[lvl] == 0 for lvl in used):
-        num_heads, head_dim = 8, head_dims.pop()
-    else:
-        raise UserError(
-            f"unet/config.json: attention heads {heads} for channels {channels} give neither one "
-            "head count nor one head width; jldm's UNet needs one of the two"
-        )
+    # The mid block uses the last level's count; only levels with attention matter.
+    for lvl in sorted({lvl for lvl in range(levels) if attention[lvl]} | {levels - 1}):
+        if channels[lvl] % heads[lvl]:
+            raise UserError(
+                f"unet/config.json: attention_head_dim {heads} gives {heads[lvl]} heads for "
+                f"{channels[lvl]} channels at level {lvl}; jldm's UNet needs them to divide"
+            )
     depth = set(_per_level(cfg.get("transformer_layers_per_block", 1), levels, "depth"))
     if len(depth) != 1:
         raise UserError(
@@ -158,8 +153,7 @@ def unet_from_config(cfg: Mapping, dtype: Dtype = jnp.float32) -> UNetSpec:
         channel_mult=_channel_mult(channels, "unet"),
         num_res_blocks=cfg.get("layers_per_block", 2),
         attention_levels=tuple(lvl for lvl in range(levels) if attention[lvl]),
-        num_heads=num_heads,
-        head_dim=head_dim,
+        num_heads=heads[0] if len(set(heads)) == 1 else tuple(heads),
         transformer_depth=depth.pop(),
         mid_attention=True,
         norm_groups=cfg.get("norm_num_groups", 32),

@@ -1,5 +1,6 @@
 """Load a diffusers Stable Diffusion folder: configs -> our modules, weights -> Flax params,
-converted once and kept as an Orbax checkpoint beside the folder for fast later loads."""
+converted once and kept as an Orbax checkpoint in the user's cache folder for fast later loads
+(the model folder itself is only read: it may be read-only or a shared download cache)."""
 
 import hashlib
 import json
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from jldm.cache import cache_root
 from jldm.convert.folder import component_dir, fingerprint, load_tensors, read_config
 from jldm.convert.models import (
     UNetSpec,
@@ -31,7 +33,6 @@ from jldm.nn import unet as unet_module
 from jldm.nn.layers import Dtype
 from jldm.nn.text_encoder import CLIPTextEncoder
 
-CACHE_NAME = "jldm-orbax"
 _MARKER = "jldm-cache.json"
 # Bump when the converted layout changes, so older caches are rebuilt instead of misread.
 _FORMAT = 1
@@ -93,8 +94,11 @@ def _restore(params_dir: str) -> Any:
 
 
 def default_cache(root: str) -> str:
-    """Where the converted checkpoint of a folder lives unless told otherwise: DIR/jldm-orbax."""
-    return os.path.join(root, CACHE_NAME)
+    """Where the converted checkpoint of a folder lives unless told otherwise:
+    cache_root()/pretrained/NAME-HASH, HASH from the folder's resolved absolute path."""
+    real = os.path.realpath(os.path.expanduser(root))
+    digest = hashlib.sha256(real.encode()).hexdigest()[:12]
+    return os.path.join(cache_root(), "pretrained", f"{os.path.basename(real)}-{digest}")
 
 
 def _read_marker(cache: str) -> dict | None:
@@ -143,7 +147,7 @@ def _save_cache(cache: str, params: dict, marker: dict) -> bool:
 def load_pretrained(
     root: str, cache: str | None | bool = True, dtype: Dtype = jnp.float32, verbose: bool = False
 ) -> Pretrained:
-    """Load a diffusers SD folder. cache: True = DIR/jldm-orbax, a path, or False/None for none.
+    """Load a diffusers SD folder. cache: True = default_cache(DIR), a path, or False/None: none.
 
     The first load converts the safetensors files and writes the Orbax cache; later loads restore
     it as long as no config or weight file changed. dtype is the modules' compute dtype; params

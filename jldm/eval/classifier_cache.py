@@ -1,5 +1,5 @@
 """The classifiers of jldm.eval.classifier cached on disk, one per dataset, as
-classifier_NAME.npz in the cache folder: $JLDM_CACHE_DIR when set, else ~/.cache/jldm."""
+classifier_NAME.npz in jldm's cache folder (jldm.cache)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,15 @@ import zipfile
 
 import numpy as np
 
+from jldm.cache import cache_root
 from jldm.eval.classifier import Classifier, check_training_set, data_key, train_classifier
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR_ENV = "JLDM_CACHE_DIR"
-
 
 def cache_folder(cache_dir: str | None = None) -> str:
-    """cache_dir if given, else $JLDM_CACHE_DIR if set, else ~/.cache/jldm (with ~ expanded).
-
-    The variable is read at each call, not at import, so a process may set it at any time.
-    """
-    return os.path.expanduser(cache_dir or os.environ.get(CACHE_DIR_ENV) or "~/.cache/jldm")
+    """cache_dir if given (with ~ expanded), else jldm's cache folder (jldm.cache)."""
+    return os.path.expanduser(cache_dir) if cache_dir else cache_root()
 
 
 def get_classifier(

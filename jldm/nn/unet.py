@@ -110,7 +110,9 @@ class UNet(nn.Module):
     channel_mult: Sequence[int] = (1, 2)
     num_res_blocks: int = 1
     attention_levels: Sequence[int] = (1,)
-    num_heads: int = 4
+    # One count for every level, or one per level (diffusers' attention_head_dim); the mid block
+    # uses the last level's.
+    num_heads: int | Sequence[int] = 4
     head_dim: int = 0  # when > 0, heads = channels // head_dim per level (SD 2.x style)
     transformer_depth: int = 1
     mid_attention: bool = True
@@ -122,13 +124,24 @@ class UNet(nn.Module):
     remat: bool = False
     dtype: Dtype = jnp.float32
 
+    def _heads(self, level: int, ch: int) -> int:
+        if self.head_dim > 0:
+            return ch // self.head_dim
+        if not isinstance(self.num_heads, Sequence):
+            return self.num_heads
+        if len(self.num_heads) != len(self.channel_mult):
+            raise ValueError(
+                f"num_heads={tuple(self.num_heads)} needs one count per level "
+                f"({len(self.channel_mult)} in channel_mult={tuple(self.channel_mult)})"
+            )
+        return self.num_heads[level]
+
     def _block_kwargs(self, level: int, attention: bool) -> dict:
         ch = self.channels * self.channel_mult[level]
-        heads = ch // self.head_dim if self.head_dim > 0 else self.num_heads
         return dict(
             channels=ch,
             attention=attention,
-            heads=heads,
+            heads=self._heads(level, ch),
             transformer_depth=self.transformer_depth,
             groups=self.norm_groups,
             dropout=self.dropout,
