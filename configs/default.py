@@ -75,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
     t.keep_checkpoints = 3
     t.log_every = 50
     t.skip_nonfinite = False  # True: skip NaN/Inf steps and count them instead of stopping
+    # skip_nonfinite: the run stops (after a checkpoint) once more than this fraction of its
+    # steps were skipped.
+    t.max_skipped_fraction = 0.1
     # FSDP-style: split params, EMA and optimizer state over the devices (largest divisible
     # axis of each big leaf) instead of a full copy on each; same updates, less memory/device.
     t.shard_params = False

@@ -51,4 +51,7 @@ def get_config():
     a.keep_checkpoints = 2
     a.log_every = 50
     a.skip_nonfinite = False  # True: skip NaN/Inf steps and count them instead of stopping
+    # skip_nonfinite: the run stops (after a checkpoint) once more than this fraction of its
+    # steps were skipped.
+    a.max_skipped_fraction = 0.1
     return c

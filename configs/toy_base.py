@@ -53,6 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
     t.keep_checkpoints = 2
     t.log_every = 500
     t.skip_nonfinite = False
+    # skip_nonfinite: the run stops (after a checkpoint) once more than this fraction of its
+    # steps were skipped.
+    t.max_skipped_fraction = 0.1
 
     c.eval = e = ml_collections.ConfigDict()
     e.num = 2000  # fresh draws per noise level for the score error

@@ -80,9 +80,11 @@ def _forget_last_parse(flag_values: flags.FlagValues) -> None:
 
 
 def _help(main: Callable[..., None], flag_values: flags.FlagValues) -> str:
-    doc = (getattr(inspect.getmodule(main), "__doc__", None) or "").strip()
+    module = inspect.getmodule(main)
+    doc = (getattr(module, "__doc__", None) or "").strip()
     if flag_values is flags.FLAGS:
-        options = flag_values.main_module_help()
+        # The flags main's module defined (an installed command's script module defines none).
+        options = flag_values.module_help(module.__name__)
     else:
         options = flag_values.get_help(include_special_flags=False)
     return f"{doc}\n\n{options.strip()}".strip()

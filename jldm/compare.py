@@ -58,7 +58,7 @@ def train_speed(workdir: str) -> float | None:
             rows = [json.loads(line) for line in f if line.strip()]
     except (OSError, ValueError):
         return None
-    speeds = [r["steps_per_sec"] for r in rows if "steps_per_sec" in r]
+    speeds = [r["steps_per_sec"] for r in rows if r.get("steps_per_sec") is not None]
     return float(np.median(speeds)) if speeds else None
 
 
@@ -202,5 +202,10 @@ def main(workdirs: list[str]) -> None:
     print(f"table: {out}.md {out}.jsonl")
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The jldm-compare command (and python -m jldm.compare)."""
     run_main(main, positional=True)
+
+
+if __name__ == "__main__":
+    run()

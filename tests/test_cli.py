@@ -147,6 +147,24 @@ def test_help_lists_the_flags_and_exits_zero(capsys):
         assert flag in out, flag
 
 
+# The installed commands (pyproject's [project.scripts]) and flags each help text must list.
+COMMANDS = {
+    "jldm-train": ("--config", "--workdir", "--[no]force"),
+    "jldm-sample": ("--workdir", "--sampler", "--steps", "--pretrained"),
+    "jldm-fid": ("--weights", "--batch_size", "--save_stats"),
+    "jldm-compare": ("--nfe",),
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_installed_command_prints_its_help_and_exits_zero(command):
+    path = os.path.join(os.path.dirname(sys.executable), command)
+    proc = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    for flag in COMMANDS[command]:
+        assert flag in proc.stdout, (flag, proc.stdout[:2000])
+
+
 def test_training_in_process_leaves_no_threads_or_handlers_behind(
     trained, tmp_path, capsys, monkeypatch
 ):

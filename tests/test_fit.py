@@ -135,6 +135,10 @@ def _same(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def _no_constant(name: str):
+    raise AssertionError(f"metrics.jsonl holds {name}, which is not JSON")
+
+
 def _steps(workdir) -> list[int]:
     return checkpoint.manager(workdir, read_only=True).all_steps()
 
@@ -166,18 +170,30 @@ def test_every_task_stops_resumes_bit_exactly_and_refuses_or_skips_nan(
     with pytest.raises(TrainingDiverged, match=words):
         _run(kind, config, b, poison)
     assert _steps(b) == [half]
-    # ... or, with skip_nonfinite, every NaN step is skipped and counted.
+    # ... or, with skip_nonfinite, every NaN step is skipped and counted, up to a fraction.
     section.skip_nonfinite = True
+    if kind == "pixel":  # the fraction is the loop's: one kind shows it
+        d = str(tmp_path / "d")
+        shutil.copytree(b, d)
+        words = rf"{total - half} of {total - half} steps .*max_skipped_fraction=0.1"
+        with pytest.raises(TrainingDiverged, match=words):
+            _run(kind, config, d, poison)
+        assert _steps(d) == [half, total]  # the skipped steps' checkpoint is kept
+    section.max_skipped_fraction = 1.0
     skipped = _run(kind, config, b, poison)
     assert skipped.complete and int(skipped.state.step) == total
     _same(skipped.state.params, stopped.state.params)
+    assert f"skipped {total - half} of {total - half} steps" in capsys.readouterr().out
     with open(os.path.join(b, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f if "skipped_steps" in line]
-    assert rows[-1]["skipped_steps"] == total - half
+        rows = [json.loads(line, parse_constant=_no_constant) for line in f]
+    logged = [r for r in rows if "skipped_steps" in r]
+    assert logged[-1]["skipped_steps"] == total - half
+    if kind != "toy":  # the toy logs the mean loss of its chunk's steps
+        assert logged[-1]["loss"] is None  # NaN, as strict JSON
     monkeypatch.undo()
 
     # The copy taken at the stop resumes to exactly the uninterrupted run.
-    section.skip_nonfinite = False
+    section.skip_nonfinite, section.max_skipped_fraction = False, 0.1
     resumed = _run(kind, config, c, _no_finish)
     assert resumed.complete and _steps(c) == [half, total]
     _same(straight.state, resumed.state)

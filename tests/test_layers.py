@@ -9,7 +9,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "jldm"
 
 # Lowest first. Packages on one line share a layer but still may not import each other.
 LAYERS = [
-    ["jldm.errors"],
+    ["jldm.errors", "jldm.cache"],
     ["jldm.cli"],
     ["jldm.nn", "jldm.diffusion"],
     ["jldm.data", "jldm.convert"],
@@ -19,6 +19,7 @@ LAYERS = [
     ["jldm.train"],
     ["jldm.api"],
     ["jldm.compare", "jldm"],
+    ["jldm.scripts"],
 ]
 
 

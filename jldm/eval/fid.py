@@ -175,7 +175,12 @@ def main(argv: list[str]) -> None:
     )
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The jldm-fid command (and python -m jldm.eval.fid)."""
     from jldm.cli import run_main
 
     run_main(main, positional=True)
+
+
+if __name__ == "__main__":
+    run()

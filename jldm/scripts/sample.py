@@ -1,4 +1,5 @@
-"""Sample a trained run: python sample.py --workdir runs/x --out runs/x/samples.
+"""Sample a trained run: jldm-sample --workdir runs/x --out runs/x/samples (python sample.py in a
+clone).
 
 Writes OUT.png (one row per class) and OUT.npz (images [N,H,W,C] in [0,1], labels [N]) and,
 for the digits and Fashion-MNIST, prints the project's quality figures.
@@ -22,12 +23,12 @@ flags.DEFINE_integer(
 flags.DEFINE_list(
     "classes", None, "Class labels to sample, e.g. 0,3,7 (default: all).", flag_values=FLAGS
 )
-flags.DEFINE_enum(
+flags.DEFINE_string(
     "sampler",
     None,
-    ["ddpm", "ddim", "als", "pc", "em", "ode"],
     "Sampler (default: config.sample.sampler): ddpm|ddim for DDPM runs, als (annealed Langevin) "
-    "for NCSN runs, pc|em|ode for SDE runs; ddim|ddpm|pc|ode with --pretrained.",
+    "for NCSN runs, pc|em|ode for SDE runs (jldm.build.samplers.REGISTRY lists them all, and "
+    "which objectives each applies to); ddim|ddpm|pc|ode with --pretrained.",
     flag_values=FLAGS,
 )
 flags.DEFINE_integer(
@@ -96,8 +97,9 @@ flags.DEFINE_integer(
 flags.DEFINE_string(
     "pretrained_cache",
     None,
-    "--pretrained: where the converted Orbax checkpoint is kept (default DIR/jldm-orbax; "
-    "'none' to convert every time).",
+    "--pretrained: where the converted Orbax checkpoint is kept (default: a folder per model "
+    "under $JLDM_CACHE_DIR, else $XDG_CACHE_HOME/jldm, else ~/.cache/jldm; 'none' to convert "
+    "every time).",
     flag_values=FLAGS,
 )
 flags.DEFINE_enum(
@@ -190,6 +192,24 @@ def _known(run, n: int):
     return images, np.broadcast_to(keep, (n, *keep.shape))
 
 
+def _check_flags() -> None:
+    """Values no run or model can use: 0 is a value here, not "unset"."""
+    import math
+
+    from jldm.errors import UserError
+
+    for name in ("num", "steps", "height", "width"):
+        value = FLAGS[name].value
+        if value is not None and value < 1:
+            raise UserError(f"--{name}={value} must be >= 1 (leave it out for the default)")
+    for name in ("guidance", "eta"):
+        value = FLAGS[name].value
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"--{name}={value} must be a finite number")
+    if FLAGS.eta is not None and not 0 <= FLAGS.eta <= 1:
+        raise UserError(f"--eta={FLAGS.eta} must be in [0, 1] (0: deterministic DDIM)")
+
+
 def _sample_pretrained() -> None:
     """sample.py --pretrained DIR --prompt TEXT ...: text-to-image with imported SD weights."""
     from jldm.errors import UserError
@@ -209,14 +229,14 @@ def _sample_pretrained() -> None:
         FLAGS.prompt,
         out,
         negative_prompts=negative[0] if len(negative) == 1 else negative,
-        steps=FLAGS.steps or 50,
+        steps=50 if FLAGS.steps is None else FLAGS.steps,
         guidance=7.5 if FLAGS.guidance is None else FLAGS.guidance,
         sampler=FLAGS.sampler or "ddim",
         seed=FLAGS.seed,
         height=FLAGS.height,
         width=FLAGS.width,
-        num_per_prompt=FLAGS.num or 1,
-        eta=FLAGS.eta or 0.0,
+        num_per_prompt=1 if FLAGS.num is None else FLAGS.num,
+        eta=0.0 if FLAGS.eta is None else FLAGS.eta,
         cache=True if cache is None else (False if cache == "none" else cache),
         precision=FLAGS.precision,
     )
@@ -231,6 +251,7 @@ def main(owns_process: bool = False) -> None:
     from jldm.errors import UserError
     from jldm.eval import save_grid
 
+    _check_flags()
     if FLAGS.pretrained is not None:
         return _sample_pretrained()
     if owns_process:
@@ -249,8 +270,6 @@ def main(owns_process: bool = False) -> None:
     per_class = s.per_class if FLAGS.num is None else FLAGS.num
     prompts = None
     if FLAGS.prompt:
-        if per_class < 1:
-            raise UserError(f"--num={per_class} must be >= 1")
         prompts = [p for p in FLAGS.prompt for _ in range(per_class)]
         labels = np.full((len(prompts),), -1, np.int32)  # unknown class
     else:
@@ -293,5 +312,10 @@ def main(owns_process: bool = False) -> None:
     print(f"samples: {out}.png {out}.npz")
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The jldm-sample command (and python sample.py): parse sys.argv, run, exit with its code."""
     run_main(lambda: main(owns_process=True), flag_values=FLAGS)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,4 +1,5 @@
-"""Train a diffusion model: python train.py --config configs/digits_ddpm.py --workdir runs/x.
+"""Train a diffusion model: jldm-train --config configs/digits_ddpm.py --workdir runs/x
+(python train.py in a clone).
 
 Multi-host: run the same command on every host with --coordinator HOST:PORT (process 0's
 address), --num_processes N and --process_id I (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
@@ -72,5 +73,10 @@ def main(owns_process: bool = False) -> None:
         print(f"trained: {workdir} (checkpoints in {workdir}/checkpoints)")
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The jldm-train command (and python train.py): parse sys.argv, run, exit with its code."""
     run_main(lambda: main(owns_process=True), flag_values=FLAGS)
+
+
+if __name__ == "__main__":
+    run()

@@ -15,6 +15,7 @@ _RUNTIME_ONLY = {
     "model.remat",
     *(f"stage1.{k}" for k in ("steps", "log_every", "checkpoint_every", "keep_checkpoints")),
     "stage1.skip_nonfinite",
+    "stage1.max_skipped_fraction",
 }
 
 
@@ -45,34 +46,43 @@ def _plain(c: ml_collections.ConfigDict, keys) -> dict:
     return json.loads(json.dumps({k: c.to_dict()[k] for k in keys if k in c}))
 
 
+def architecture_changes(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
+    """The architecture keys on which config differs from the run already in workdir."""
+    if not os.path.isfile(config_path(workdir)):
+        return []
+    a, b = _plain(read_config(workdir), _ARCHITECTURE), _plain(config, _ARCHITECTURE)
+    return sorted(
+        f"{s}.{k}"
+        for s in _ARCHITECTURE
+        # Keys only one side has are settings added to jldm since that run started.
+        for k in set(a.get(s, {})) & set(b.get(s, {}))
+        if a[s][k] != b[s][k] and f"{s}.{k}" not in _RUNTIME_ONLY
+    )
+
+
+def check_config_change(workdir: str, config: ml_collections.ConfigDict, force: bool) -> None:
+    """Refuse a workdir whose run has another architecture, unless force."""
+    diff = architecture_changes(workdir, config)
+    if diff and not force:
+        raise UserError(
+            f"{workdir} holds a run with a different {', '.join(diff[:4])}: use a new "
+            "--workdir, or --force to overwrite its config"
+        )
+
+
 def write_config(workdir: str, config: ml_collections.ConfigDict, force: bool = False) -> None:
     """Save config; refuse a workdir whose run has another architecture unless force.
 
     With force, the old run's checkpoints are moved aside, never deleted.
     """
-    path = config_path(workdir)
-    if os.path.isfile(path):
-        old = read_config(workdir)
-        a, b = _plain(old, _ARCHITECTURE), _plain(config, _ARCHITECTURE)
-        diff = sorted(
-            f"{s}.{k}"
-            for s in _ARCHITECTURE
-            # Keys only one side has are settings added to jldm since that run started.
-            for k in set(a.get(s, {})) & set(b.get(s, {}))
-            if a[s][k] != b[s][k] and f"{s}.{k}" not in _RUNTIME_ONLY
-        )
-        if diff and force:
-            old_ckpt = os.path.join(workdir, "checkpoints")
-            if os.path.isdir(old_ckpt):
-                kept = f"{old_ckpt}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-                os.replace(old_ckpt, kept)
-                print(f"--force: the previous run's checkpoints are kept in {kept}")
-        elif diff:
-            raise UserError(
-                f"{workdir} holds a run with a different {', '.join(diff[:4])}: use a new "
-                "--workdir, or --force to overwrite its config"
-            )
+    check_config_change(workdir, config, force)
+    old_ckpt = os.path.join(workdir, "checkpoints")
+    if architecture_changes(workdir, config) and os.path.isdir(old_ckpt):
+        kept = f"{old_ckpt}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(old_ckpt, kept)
+        print(f"--force: the previous run's checkpoints are kept in {kept}")
     os.makedirs(workdir, exist_ok=True)
+    path = config_path(workdir)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(config.to_json(indent=2))

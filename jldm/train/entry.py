@@ -1,10 +1,14 @@
 """Train a config in a workdir: the task it names, through the one loop."""
 
+import contextlib
+
 import jax
 import ml_collections
 
+from jldm.build import ranges
 from jldm.build.model import is_latent
-from jldm.train.config_io import write_config
+from jldm.train import workdir as run_folder
+from jldm.train.config_io import check_config_change, write_config
 from jldm.train.fit import check_section, fit
 
 
@@ -14,33 +18,46 @@ def train(config: ml_collections.ConfigDict, workdir: str, force: bool = False) 
     Toy densities, latent diffusion (both stages) or pixel diffusion, by config. Returns True
     when training is complete, False when stopped early by SIGTERM/SIGINT (after writing a
     checkpoint). Raises TrainingDiverged on a NaN/Inf step unless train.skip_nonfinite, without
-    writing the poisoned state.
+    writing the poisoned state. Everything that can be refused is refused before the first
+    write, and one process at a time trains in a workdir.
     """
+    ranges.check_config(config)
     check_section(config.train, "train")
     if is_latent(config):
         check_section(config.stage1, "stage1")
-    if config.data.name.startswith("toy"):
+    toy = config.data.name.startswith("toy")
+    if toy:
+        from jldm.train.toy import check_config
+
+        check_config(config)
+    else:
+        _check(config)
+    main = jax.process_index() == 0
+    if main:
+        run_folder.check_workdir(workdir)
+        check_config_change(workdir, config, force)
+    if toy:
         from jldm.train.toy import toy_task
 
         task = toy_task(config, workdir)
-        write_config(workdir, config, force)
-        return fit(task, workdir).complete
-    from jldm.train.inputs import load_training_images
+        run = lambda: fit(task, workdir)
+    else:
+        from jldm.train.inputs import load_training_images
 
-    _check(config)
-    data = load_training_images(config)
-    if is_latent(config):
-        from jldm.train.ldm import fit_latent
+        data = load_training_images(config)
+        if is_latent(config):
+            from jldm.train.ldm import fit_latent
 
-        if jax.process_index() == 0:
+            run = lambda: fit_latent(config, workdir, data)
+        else:
+            from jldm.train.diffusion import diffusion_task
+
+            task = diffusion_task(config, workdir, data)
+            run = lambda: fit(task, workdir)
+    with run_folder.hold(workdir) if main else contextlib.nullcontext():
+        if main:
             write_config(workdir, config, force)
-        return fit_latent(config, workdir, data).complete
-    from jldm.train.diffusion import diffusion_task
-
-    task = diffusion_task(config, workdir, data)
-    if jax.process_index() == 0:
-        write_config(workdir, config, force)
-    return fit(task, workdir).complete
+        return run().complete
 
 
 def _check(config: ml_collections.ConfigDict) -> None:

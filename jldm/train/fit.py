@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from jldm.build import ranges
 from jldm.build.state import TrainState
 from jldm.errors import UserError
 from jldm.train import checkpoint
@@ -23,6 +24,10 @@ from jldm.train.feeder import Prefetcher
 from jldm.train.metrics_log import MetricWriter
 from jldm.train.signals import stop_requests
 from jldm.train.step import check_steps_per_call, mean_metrics
+
+# With skip_nonfinite: the run stops, after a checkpoint, at a log step where more than this
+# fraction of its steps so far were skipped (section.max_skipped_fraction overrides it).
+MAX_SKIPPED_FRACTION = 0.1
 
 
 class TrainingDiverged(UserError):
@@ -63,11 +68,7 @@ class Result(NamedTuple):
 
 def check_section(section: ml_collections.ConfigDict, name: str) -> None:
     """A schedule section's settings, checked before any work is done."""
-    for key in ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "batch_size"):
-        value = section.get(key)
-        low = 0 if key == "steps" else 1
-        if value is not None and not (isinstance(value, int) and value >= low):
-            raise UserError(f"{name}.{key}={value} must be an integer >= {low}")
+    ranges.check_section(section, name)
     check_steps_per_call(section, name)
 
 
@@ -77,6 +78,7 @@ def fit(task: Task, workdir: str) -> Result:
     check_section(sec, task.name)
     k, total = sec.get("steps_per_call", 1), sec.steps
     skip = sec.get("skip_nonfinite", False)
+    max_skipped = sec.get("max_skipped_fraction", MAX_SKIPPED_FRACTION)
     main = jax.process_index() == 0
     mngr = checkpoint.manager(workdir, sec.keep_checkpoints)
     if mngr.latest_step() is not None:
@@ -101,7 +103,7 @@ def fit(task: Task, workdir: str) -> Result:
     bar = tqdm(total=total, initial=start, unit="step", disable=not main, dynamic_ncols=True)
     bar.set_description(task.name)
     t_last, s_last = time.perf_counter(), start
-    skipped, done = 0, start
+    skipped, done, stop_skipping = 0, start, False
     try:
         with stop_requests() as stop:
             for step in range(start, total, k):
@@ -110,10 +112,15 @@ def fit(task: Task, workdir: str) -> Result:
                 bar.update(k)
                 bad = np.asarray(jax.device_get(metrics["nonfinite"]))
                 if bad.any() and not skip:
+                    last = mngr.latest_step()
+                    kept = (
+                        "no checkpoint was written yet"
+                        if last is None
+                        else f"the last good checkpoint (step {last}) is kept"
+                    )
                     raise TrainingDiverged(
                         f"loss or gradients became NaN/Inf at step "
-                        f"{step + int(bad.argmax()) + 1}; the last good checkpoint (step "
-                        f"{mngr.latest_step()}) is kept: lower {task.name}.lr, or set "
+                        f"{step + int(bad.argmax()) + 1}; {kept}: lower {task.name}.lr, or set "
                         f"{task.name}.skip_nonfinite=True to skip such steps"
                     )
                 skipped += int(bad.sum())
@@ -128,17 +135,27 @@ def fit(task: Task, workdir: str) -> Result:
                     writer.write(done, scalars)
                     if task.show in scalars:
                         bar.set_postfix({task.show: f"{scalars[task.show]:.4f}"})
-                if done % sec.checkpoint_every == 0 or done == total or stop:
+                    stop_skipping = skipped > max_skipped * (done - start)
+                if done % sec.checkpoint_every == 0 or done == total or stop or stop_skipping:
                     meta = {**task.meta, "step": done, "data_step": done}
                     checkpoint.save(mngr, state, meta)
-                if stop:
+                if stop or stop_skipping:
                     break
     finally:
         feeder.close()
         bar.close()
         writer.close()
+    ran = done - start
+    if stop_skipping:
+        raise TrainingDiverged(
+            f"{skipped} of {ran} steps had NaN/Inf loss or gradients and were skipped, more than "
+            f"{task.name}.max_skipped_fraction={max_skipped}: lower {task.name}.lr (the "
+            f"checkpoint of step {done} is kept), or raise {task.name}.max_skipped_fraction"
+        )
     if skipped and main:
-        print(f"skipped {skipped} steps with NaN/Inf loss or gradients")
+        print(
+            f"skipped {skipped} of {ran} steps ({skipped / ran:.1%}) with NaN/Inf loss or gradients"
+        )
     if stop:
         if main:
             name = signal.Signals(stop[0]).name

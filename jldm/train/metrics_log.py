@@ -1,6 +1,7 @@
 """Scalars to WORKDIR/metrics.jsonl and TensorBoard event files (WORKDIR/tb)."""
 
 import json
+import math
 import os
 import sys
 
@@ -23,6 +24,13 @@ def _summary_writer_class():
     return SummaryWriter
 
 
+def _finite_or_none(value):
+    """NaN and Inf as JSON null: strict JSON has no token for them."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        value = float(value)
+    return value if math.isfinite(value) else None
+
+
 class MetricWriter:
     """Appends one JSON line per logged step and mirrors the scalars to TensorBoard."""
 
@@ -35,7 +43,8 @@ class MetricWriter:
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        record = {"step": step, **{k: _finite_or_none(v) for k, v in scalars.items()}}
+        self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
         self._jsonl.flush()
         for k, v in scalars.items():
             self._tb.add_scalar(k, v, step)

@@ -13,6 +13,7 @@ from jldm.sampling.run import Loaded, Stage1
 from jldm.train import checkpoint
 from jldm.train.autoencoder import load_stage1
 from jldm.train.config_io import read_config
+from jldm.train.workdir import check_checkpoint_folder
 
 
 def load_run(workdir: str, step: int | None = None, ema: bool = True) -> Loaded:
@@ -30,6 +31,7 @@ def load_state(
     if config.data.name.startswith("toy"):
         raise UserError(f"{workdir} is a toy-density run: its samples are WORKDIR/samples.npz")
     model = build_model(config)
+    check_checkpoint_folder(os.path.join(workdir, "checkpoints"))
     mngr = checkpoint.manager(workdir, read_only=True)
     if mngr.latest_step() is None:
         raise UserError(f"no checkpoint in {workdir}/checkpoints: train first with train.py")
