@@ -258,3 +258,26 @@ def test_mistake_in_a_process_is_one_error_line_and_changes_nothing(
 
 def test_the_table_covers_enough_mistakes():
     assert len(CASES) >= 50 and len({c[0] for c in CASES}) == len(CASES)
+
+
+def test_non_finite_samples_are_refused_and_nothing_is_written(
+    trained, tmp_path, capsys, monkeypatch
+):
+    """A run whose params went NaN: sample.py says so and exits 2 instead of saving NaN."""
+    import jax
+    import numpy as np
+
+    import jldm
+
+    real = jldm.load
+
+    def poisoned(*args, **kwargs):
+        run = real(*args, **kwargs)
+        return run._replace(params=jax.tree_util.tree_map(lambda p: p * np.nan, run.params))
+
+    monkeypatch.setattr(jldm, "load", poisoned)
+    args = _prepare(trained, tmp_path, "non-finite", _sample("--num", "1", "--steps", "2"))
+    before = _snapshot(str(tmp_path))
+    code = run_cli(sample.main, args, flag_values=sample.FLAGS)
+    assert_error_line(code, capsys.readouterr().err, "non-finite samples")
+    _assert_nothing_changed(before, tmp_path)

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 
 import jax
 import numpy as np
@@ -197,3 +198,25 @@ def test_every_task_stops_resumes_bit_exactly_and_refuses_or_skips_nan(
     resumed = _run(kind, config, c, _no_finish)
     assert resumed.complete and _steps(c) == [half, total]
     _same(straight.state, resumed.state)
+
+
+def test_an_error_in_the_input_thread_ends_the_run_with_its_message(root, tmp_path):
+    """The input pipeline runs in a background thread: its exception reaches the loop, which
+    ends with it (no wait on an empty queue), and no thread is left behind."""
+    config = _config("toy", root, None)
+
+    def failing(task):
+        real = task.inputs
+
+        def inputs(start, stop):
+            it = real(start, stop)
+            yield next(it)
+            raise ValueError("batch 2 is unreadable")
+
+        return _no_finish(dataclasses.replace(task, inputs=inputs))
+
+    threads = set(threading.enumerate())
+    with pytest.raises(ValueError, match="batch 2 is unreadable"):
+        _run("toy", config, str(tmp_path / "w"), failing)
+    left = [t for t in set(threading.enumerate()) - threads if t.name.startswith("Thread")]
+    assert not any(t.is_alive() for t in left), left
