@@ -18,7 +18,8 @@ from tqdm import tqdm
 import train
 from configs import digits_ddpm
 from jldm.cli import run_cli
-from tests.clitools import cli, process_state, train_args
+from jldm.scripts.train import bundled_config
+from tests.clitools import assert_user_error, cli, process_state, train_args
 from tests.tiny import ROOT
 
 CONFIG = os.path.join(ROOT, "configs", "digits_ddpm.py")
@@ -163,6 +164,24 @@ def test_every_installed_command_prints_its_help_and_exits_zero(command):
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
     for flag in COMMANDS[command]:
         assert flag in proc.stdout, (flag, proc.stdout[:2000])
+
+
+def test_the_installed_train_command_runs_a_bundled_config_by_name(tmp_path):
+    """No configs/ folder beside an installed jldm-train: --config NAME is a bundled config."""
+    path = os.path.join(os.path.dirname(sys.executable), "jldm-train")
+    argv = [path, "--config", "digits_dsm", "--workdir", str(tmp_path / "w")]
+    proc = subprocess.run(
+        [*argv, "--config.train.steps=-1"], capture_output=True, text=True, cwd=tmp_path
+    )
+    # The override reached digits_dsm's train section: that config was loaded.
+    assert_user_error(proc, "train.steps=-1")
+    assert os.listdir(tmp_path) == []
+    assert bundled_config(["x", "--config=digits_dsm"])[1] == "--config=" + os.path.join(
+        ROOT, "jldm", "configs", "digits_dsm.py"
+    )
+    # Paths and unknown names are left to the flag parser.
+    for kept in (["x", "--config", "configs/digits_dsm.py"], ["x", "--config", "nope"]):
+        assert bundled_config(kept) == kept
 
 
 def test_training_in_process_leaves_no_threads_or_handlers_behind(

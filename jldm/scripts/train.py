@@ -7,16 +7,23 @@ JAX_PROCESS_ID); each process reads its own slice of every batch.
 """
 
 import os
+import sys
 
 from absl import flags
 from ml_collections import config_flags
 
+from jldm import configs as configs_package
 from jldm.cli import run_main
 
 # Its own flags, not absl's global ones, so that tests can run main in-process (jldm.cli.run_cli).
 FLAGS = flags.FlagValues()
 config_flags.DEFINE_config_file(
-    "config", None, "Config file (configs/*.py).", flag_values=FLAGS, lock_config=True
+    "config",
+    None,
+    "Config file (configs/*.py), or the name of a bundled config (digits_ddpm, fashion_ldm, ...: "
+    "the files of jldm/configs).",
+    flag_values=FLAGS,
+    lock_config=True,
 )
 flags.DEFINE_string(
     "workdir", None, "Run folder: config, checkpoints, logs, samples.", flag_values=FLAGS
@@ -73,9 +80,27 @@ def main(owns_process: bool = False) -> None:
         print(f"trained: {workdir} (checkpoints in {workdir}/checkpoints)")
 
 
+def bundled_config(argv: list[str]) -> list[str]:
+    """argv with --config NAME (no folder, no .py) replaced by the path of jldm/configs/NAME.py,
+    so an installed jldm-train, which has no configs/ folder beside it, runs the bundled ones."""
+    folder = os.path.dirname(os.path.abspath(configs_package.__file__))
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            at, name, prefix = i + 1, out[i + 1], ""
+        elif arg.startswith("--config="):
+            at, name, prefix = i, arg.split("=", 1)[1], "--config="
+        else:
+            continue
+        path = os.path.join(folder, f"{name}.py")
+        if name and os.sep not in name and not name.endswith(".py") and os.path.isfile(path):
+            out[at] = prefix + path
+    return out
+
+
 def run() -> None:
     """The jldm-train command (and python train.py): parse sys.argv, run, exit with its code."""
-    run_main(lambda: main(owns_process=True), flag_values=FLAGS)
+    run_main(lambda: main(owns_process=True), bundled_config(sys.argv), flag_values=FLAGS)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Class-conditional DDPM on Fashion-MNIST (Debian's dataset-fashion-mnist), 28x28 -> 32x32."""
 
-from configs import default
+from jldm.configs import default
 
 
 def get_config():

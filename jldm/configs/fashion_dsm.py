@@ -1,17 +1,17 @@
-"""NCSN on the digits: multi-sigma denoising score matching, annealed Langevin sampling.
+"""NCSN on Fashion-MNIST: multi-sigma denoising score matching, annealed Langevin sampling.
 
-The UNet, data and training budget are those of digits_ddpm.py; only the objective differs.
+The UNet, data and training budget are those of fashion_ddpm.py; only the objective differs.
 sigma_max is about the largest distance between two training images (Song & Ermon 2020).
 """
 
-from configs import digits_ddpm
+from jldm.configs import fashion_ddpm
 
 
 def get_config():
-    c = digits_ddpm.get_config()
+    c = fashion_ddpm.get_config()
     c.diffusion.objective = "ncsn"
     c.diffusion.sigma_min = 0.01
-    c.diffusion.sigma_max = 20.0
+    c.diffusion.sigma_max = 50.0
     c.diffusion.num_scales = 20
     c.sample.sampler = "als"
     c.sample.steps_per_sigma = 5

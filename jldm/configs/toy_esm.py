@@ -1,6 +1,6 @@
 """ESM on the 8-mode ring, sampled by Langevin dynamics."""
 
-from configs import toy_base
+from jldm.configs import toy_base
 
 
 def get_config():

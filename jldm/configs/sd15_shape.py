@@ -9,7 +9,7 @@ No dataset of this shape ships with jldm: the config exists for bench/ (random i
 latents), and for training once a latent dataset is prepared.
 """
 
-from configs import default
+from jldm.configs import default
 
 
 def get_config():

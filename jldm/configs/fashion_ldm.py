@@ -4,7 +4,7 @@ The digits_ldm.py recipe at Fashion-MNIST's size: a 3-level autoencoder (downsam
 text-conditional DDPM on its scaled latents.
 """
 
-from configs import digits_ldm
+from jldm.configs import digits_ldm
 
 
 def get_config():

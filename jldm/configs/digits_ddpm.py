@@ -4,7 +4,7 @@ Sized for `make demo`: about five minutes of training on two CPU cores. The 16-c
 keeps 16x16 convolutions cheap; class labels reach it through the mid block's cross-attention.
 """
 
-from configs import default
+from jldm.configs import default
 
 
 def get_config():

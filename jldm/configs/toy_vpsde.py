@@ -1,6 +1,6 @@
 """VPSDE on the 8-mode ring, sampled by predictor-corrector."""
 
-from configs import toy_base
+from jldm.configs import toy_base
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """NCSN on a 4-mode mixture with unequal weights, sampled by annealed Langevin."""
 
-from configs import toy_base
+from jldm.configs import toy_base
 
 
 def get_config():

@@ -3,7 +3,7 @@
 The UNet, data and training budget are those of digits_ddpm.py; only the objective differs.
 """
 
-from configs import digits_ddpm
+from jldm.configs import digits_ddpm
 
 
 def get_config():

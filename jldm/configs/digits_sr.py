@@ -4,7 +4,7 @@ one. The UNet sees the low-resolution image, bilinearly upsampled, as extra inpu
 Sample with `sample.py --workdir W --low_res small.png` (a 4x4 image), or from a test digit.
 """
 
-from configs import digits_ddpm
+from jldm.configs import digits_ddpm
 
 
 def get_config():

@@ -7,7 +7,7 @@ Both stages run from one command; set stage1.workdir to reuse a finished stage 1
 
 import ml_collections
 
-from configs import digits_ddpm
+from jldm.configs import digits_ddpm
 
 
 def get_config():

@@ -3,7 +3,7 @@
 The UNet, data and training budget are those of fashion_ddpm.py; only the objective differs.
 """
 
-from configs import fashion_ddpm
+from jldm.configs import fashion_ddpm
 
 
 def get_config():
