@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from tqdm import tqdm
 
+import sample
 import train
 from configs import digits_ddpm
 from jldm.cli import run_cli
 from jldm.scripts.train import bundled_config
-from tests.clitools import assert_user_error, cli, process_state, train_args
+from tests.clitools import assert_error_line, assert_user_error, cli, process_state, train_args
 from tests.tiny import ROOT
 
 CONFIG = os.path.join(ROOT, "configs", "digits_ddpm.py")
@@ -237,3 +238,52 @@ def test_sigterm_writes_a_checkpoint_and_exits_zero(trained, tmp_path):
     step = int(line[0].split("at step ")[1].split(":")[0])
     assert step >= 3
     assert os.listdir(workdir / "checkpoints") == [str(step)]
+
+
+def test_sampling_at_scale_writes_uint8_shards_over_all_devices_and_resumes(
+    trained, tmp_path, capsys
+):
+    import jax
+
+    import jldm
+    from jldm.sampling.pipeline import make_generator
+    from jldm.sampling.shards import MANIFEST
+
+    _, workdir = trained
+    out = tmp_path / "shards"
+    argv = ["sample.py", "--workdir", workdir, "--out", str(out), "--num", "10"]
+    argv += ["--batch_size", "4", "--sampler", "ddim", "--steps", "2", "--seed", "3"]
+    assert run_cli(sample.main, argv, flag_values=sample.FLAGS) == 0
+    names = sorted(os.listdir(out))
+    assert names == [MANIFEST, "shard_00000.npz", "shard_00001.npz", "shard_00002.npz"]
+    shards = [np.load(out / n) for n in names[1:]]
+    assert [len(z["images"]) for z in shards] == [4, 4, 2]
+    assert all(z["images"].dtype == np.uint8 for z in shards)
+    labels = np.concatenate([z["labels"] for z in shards])
+    np.testing.assert_array_equal(labels, np.arange(10) % 10)  # classes cycled
+
+    # Shard 1 is sampled from fold_in(key, 1), the batch split over the test's 4 devices: the
+    # same images as the generator on one device.
+    run = jldm.load(workdir)
+    gen = make_generator(run, labels[4:8], sampler="ddim", steps=2, guidance=2.0)
+    one = np.asarray(jax.jit(gen.fn)(*gen.args(jax.random.fold_in(jax.random.PRNGKey(3), 1))))
+    assert np.abs(np.round(one * 255) - shards[1]["images"]).max() <= 1
+
+    # A stopped job resumes: only the missing shard is sampled, to the same bytes.
+    before = {n: (out / n).read_bytes() for n in names[1:]}
+    stamp = os.stat(out / "shard_00000.npz").st_mtime_ns
+    os.remove(out / "shard_00001.npz")
+    capsys.readouterr()
+    assert run_cli(sample.main, argv, flag_values=sample.FLAGS) == 0
+    assert "1 shards written" in capsys.readouterr().out
+    assert {n: (out / n).read_bytes() for n in names[1:]} == before
+    assert os.stat(out / "shard_00000.npz").st_mtime_ns == stamp
+
+    # Other settings into the same folder, or a batch the devices cannot split: refused.
+    for extra, words in (
+        (["--seed", "4"], ["seed", "another --out"]),
+        (["--batch_size", "6"], ["--batch_size=6", "devices"]),
+    ):
+        code = run_cli(sample.main, [*argv, *extra], flag_values=sample.FLAGS)
+        assert_error_line(code, capsys.readouterr().err, *words)
+    assert {n: (out / n).read_bytes() for n in names[1:]} == before

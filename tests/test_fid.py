@@ -7,6 +7,8 @@ here is written in the test from torch.nn primitives, in NCHW, following torchvi
 Inception3 layout with pytorch-fid's FID blocks.
 """
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -150,3 +152,53 @@ def test_fid_cli_on_images_and_on_stored_stats(weights, tmp_path):
     assert np.max(np.abs(mu - fb.mean(0))) < 1e-4 * np.max(np.abs(fb))
     bad = cli("-m", "jldm.eval.fid", samples, ref)
     assert_user_error(bad, "--weights")
+
+
+def test_streamed_statistics_equal_the_whole_set_statistics():
+    from jldm.eval.fid import _streamed_stats
+
+    rng = np.random.default_rng(0)
+    many = rng.gamma(2.0, 0.3, size=(2100, 2048))  # more than F: no features kept
+    mu, sigma, kept = _streamed_stats(np.array_split(many, 3))
+    want_mu, want_sigma = feature_stats(many)
+    assert kept is None
+    np.testing.assert_allclose(mu, want_mu, rtol=1e-12)
+    np.testing.assert_allclose(sigma, want_sigma, rtol=1e-9, atol=1e-12)
+    few = many[:50]
+    mu, sigma, kept = _streamed_stats([few[:20], few[20:]])
+    np.testing.assert_array_equal(kept, few)
+    np.testing.assert_allclose(sigma, feature_stats(few)[1], rtol=1e-9, atol=1e-12)
+
+
+def test_fid_of_a_folder_of_shards_and_of_a_dataset_split(weights, tmp_path, monkeypatch):
+    from jldm.convert.inception import load_inception
+    from jldm.data import load_split
+    from jldm.eval import fid as fid_module
+
+    _, legacy, _ = weights
+    model, variables = load_inception(legacy)  # one model: one compiled forward for all sets
+    stats = lambda path: fid_module.set_stats(model, variables, path, 4)
+    images = (_images(5, 8, 4) * 255).round().astype(np.uint8)  # 8x8, as the digits
+    folder, whole, ref = tmp_path / "shards", str(tmp_path / "all.npz"), str(tmp_path / "r.npz")
+    folder.mkdir()
+    np.savez(folder / "shard_00000.npz", images=images[:3], labels=np.zeros(3))
+    np.savez(folder / "shard_00001.npz", images=images[3:], labels=np.zeros(2))
+    np.savez(whole, images=images)
+    by_folder, by_file = stats(str(folder)), stats(whole)
+    for a, b in zip(by_folder, by_file, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+    # A dataset split as the reference: the statistics of its images in an .npz, then cached.
+    data_dir = str(tmp_path / "tfds")
+    np.savez(ref, images=load_split("digits", "test[:6]", data_dir).images)
+    dirs = (data_dir, str(tmp_path / "none"))
+    split = lambda: fid_module.dataset_stats(model, variables, "digits:test[:6]", legacy, 4, *dirs)
+    first = split()
+    for a, b in zip(first, stats(ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    cached = os.listdir(os.path.join(os.environ["JLDM_CACHE_DIR"], "fid"))
+    assert [n for n in cached if n.startswith("digits-test")], cached
+    monkeypatch.setattr("jldm.data.load_split", lambda *a: pytest.fail("read the split again"))
+    for a, b in zip(split(), first, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert fid_module.fid_between(by_file, first) > 0

@@ -1,15 +1,22 @@
 """FID: Frechet distance between InceptionV3 pool features of samples and of a reference set.
 
-    python -m jldm.eval.fid SAMPLES.npz REF.npz --weights pt_inception-2015-12-05-6726825d.pth
+    python -m jldm.eval.fid SAMPLES REF --weights pt_inception-2015-12-05-6726825d.pth
+    python -m jldm.eval.fid SAMPLES --ref digits:test --weights ...
 
+SAMPLES and REF are .npz files or folders of .npz shards (sample.py --batch_size writes them).
 Each .npz holds images (key `images`, or its only array: [N,H,W,C] floats in [0,1] or uint8,
 C = 1 or 3), or statistics (`mu` [2048] and `sigma` [2048,2048], as pytorch-fid writes them).
---save_stats writes the reference's statistics for later runs. The weights are the PyTorch FID
-Inception checkpoint or its conversion (jldm.convert.inception); JLDM_FID_WEIGHTS sets a default.
+A folder is read one shard at a time. --ref DATASET:SPLIT takes the reference from a dataset
+split (digits, fashion_mnist or a prepared TFDS dataset), its statistics cached in jldm's cache
+folder per weights file. --save_stats writes the reference's statistics for later runs. The
+weights are the PyTorch FID Inception checkpoint or its conversion (jldm.convert.inception);
+JLDM_FID_WEIGHTS sets a default.
 """
 
 import functools
+import hashlib
 import os
+import re
 import sys
 import time
 
@@ -29,6 +36,13 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("batch_size", 50, "Images per Inception forward pass.")
 flags.DEFINE_string("save_stats", None, "Write the reference's mu/sigma to this .npz.")
+flags.DEFINE_string(
+    "ref", None, "Reference images from a dataset split, DATASET:SPLIT (e.g. digits:test)."
+)
+flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "--ref: where TFDS datasets are built.")
+flags.DEFINE_string(
+    "fashion_dir", "/usr/share/datasets/fashion-mnist", "--ref fashion_mnist: its IDX files."
+)
 FLAGS = flags.FLAGS
 
 
@@ -96,14 +110,78 @@ def load_set(path: str) -> tuple[str, np.ndarray | tuple[np.ndarray, np.ndarray]
         raise UserError(f"{path} cannot be read as .npz ({e})") from None
 
 
+def _shards(folder: str) -> list[str]:
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".npz") and not n.startswith("."))
+    if not names:
+        raise UserError(f"{folder} holds no .npz files: pass a folder of sample shards")
+    return [os.path.join(folder, n) for n in names]
+
+
+def _streamed_stats(chunks) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(mu, sigma, features or None) of feature chunks [n_i, F], one chunk in memory at a time
+    (the features are kept only while fewer than F, for the low-rank Frechet form)."""
+    n, total, outer, kept = 0, np.zeros(FEATURES), np.zeros((FEATURES, FEATURES)), []
+    for feats in chunks:
+        n += feats.shape[0]
+        total += feats.sum(axis=0)
+        outer += feats.T @ feats
+        if kept is not None:
+            kept = [*kept, feats] if n < FEATURES else None
+    if n < 2:
+        feature_stats(np.concatenate(kept))  # raises: too few samples
+    mu = total / n
+    sigma = (outer - n * np.outer(mu, mu)) / (n - 1)
+    return mu, (sigma + sigma.T) / 2, None if kept is None else np.concatenate(kept)
+
+
 def set_stats(model, variables, path: str, batch_size: int):
-    """(mu [2048], sigma [2048, 2048], features [N, 2048] or None for stored statistics)."""
+    """(mu [2048], sigma [2048, 2048], features [N, 2048] or None for stored statistics or
+    N >= 2048) of an .npz file or a folder of .npz shards."""
+    if os.path.isdir(path):
+
+        def chunks():
+            for shard in _shards(path):
+                kind, data = load_set(shard)
+                if kind == "stats":
+                    raise UserError(f"{shard} holds statistics: a folder must hold image shards")
+                yield inception_features(model, variables, to_unit_images(data, shard), batch_size)
+
+        return _streamed_stats(chunks())
     kind, data = load_set(path)
     if kind == "stats":
         return np.asarray(data[0], np.float64), np.asarray(data[1], np.float64), None
     feats = inception_features(model, variables, to_unit_images(data, path), batch_size)
     mu, sigma = feature_stats(feats)
     return mu, sigma, feats
+
+
+def dataset_stats(
+    model, variables, ref: str, weights: str, batch_size: int, data_dir: str, fashion_dir: str
+):
+    """set_stats of a dataset split DATASET:SPLIT, cached per split and weights file."""
+    from jldm.cache import cache_root
+    from jldm.data import load_split
+
+    colon = ref.split("[", 1)[0].rfind(":")  # DATASET may hold a version, SPLIT a slice
+    name, split = ref[:colon], ref[colon + 1 :]
+    if colon < 1 or not split:
+        raise UserError(f"--ref={ref!r}: pass DATASET:SPLIT, e.g. digits:test")
+    st = os.stat(weights)
+    tag = hashlib.sha256(f"{os.path.abspath(weights)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{name}-{split}")
+    path = os.path.join(cache_root(), "fid", f"{safe}-{tag.hexdigest()[:12]}.npz")
+    if os.path.isfile(path):
+        with np.load(path) as z:
+            return z["mu"], z["sigma"], z["features"] if "features" in z.files else None
+    images = load_split(name, split, data_dir, fashion_dir).images
+    feats = inception_features(model, variables, to_unit_images(images, ref), batch_size)
+    mu, sigma = feature_stats(feats)
+    keep = feats if feats.shape[0] < FEATURES else None
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}.npz")
+    np.savez(tmp, mu=mu, sigma=sigma, **({} if keep is None else {"features": keep}))
+    os.replace(tmp, path)
+    return mu, sigma, keep
 
 
 def frechet_low_rank(feats1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -138,36 +216,59 @@ def fid_between(set1, set2) -> float:
 
 
 def fid(
-    samples: str, reference: str, weights: str, batch_size: int = 50, save_stats: str | None = None
+    samples: str,
+    reference: str,
+    weights: str,
+    batch_size: int = 50,
+    save_stats: str | None = None,
+    data_dirs: tuple[str, str] | None = None,
 ) -> tuple[float, int, int]:
-    """(FID, N samples, N reference) between two .npz sets (images or statistics; N = 0 for
-    statistics), with Inception weights from a file."""
+    """(FID, N samples, N reference) between two sets (.npz files or folders of shards; N = 0
+    for statistics), with Inception weights from a file. data_dirs (data_dir, fashion_dir):
+    reference is a dataset split DATASET:SPLIT instead."""
     from jldm.convert.inception import load_inception
 
     model, variables = load_inception(weights)
     set1 = set_stats(model, variables, samples, batch_size)
-    set2 = set_stats(model, variables, reference, batch_size)
+    if data_dirs is None:
+        set2 = set_stats(model, variables, reference, batch_size)
+    else:
+        set2 = dataset_stats(model, variables, reference, weights, batch_size, *data_dirs)
     if save_stats:
         np.savez(save_stats, mu=set2[0], sigma=set2[1])
-    count = lambda st: 0 if st[2] is None else st[2].shape[0]
-    return fid_between(set1, set2), count(set1), count(set2)
+    return fid_between(set1, set2), _count(samples, set1), _count(reference, set2)
+
+
+def _count(path: str, stats) -> int:
+    if stats[2] is not None:
+        return stats[2].shape[0]
+    if os.path.isdir(path):
+        return sum(len(np.load(p)["images"]) for p in _shards(path))
+    return 0
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 2:
-        raise UserError("usage: python -m jldm.eval.fid SAMPLES.npz REF.npz [--weights FILE]")
+    if len(argv) != (1 if FLAGS.ref else 2):
+        raise UserError(
+            "usage: python -m jldm.eval.fid SAMPLES REF [--weights FILE], or SAMPLES --ref "
+            "DATASET:SPLIT (SAMPLES, REF: .npz files or folders of .npz shards)"
+        )
     weights = FLAGS.weights or os.environ.get("JLDM_FID_WEIGHTS")
     if not weights:
         raise UserError(
             "FID needs the Inception weights: pass --weights pt_inception-2015-12-05-6726825d.pth "
             "(pytorch-fid's checkpoint) or set JLDM_FID_WEIGHTS"
         )
+    if not os.path.isfile(weights):
+        raise UserError(f"--weights {weights} not found: pass the FID Inception weights file")
     if FLAGS.batch_size < 1:
         raise UserError(f"--batch_size={FLAGS.batch_size} must be >= 1")
     if FLAGS.save_stats and os.path.exists(FLAGS.save_stats):
         raise UserError(f"--save_stats {FLAGS.save_stats} exists: pick a new path")
     t0 = time.perf_counter()
-    value, n1, n2 = fid(argv[0], argv[1], weights, FLAGS.batch_size, FLAGS.save_stats)
+    ref = FLAGS.ref or argv[1]
+    dirs = (FLAGS.data_dir, FLAGS.fashion_dir) if FLAGS.ref else None
+    value, n1, n2 = fid(argv[0], ref, weights, FLAGS.batch_size, FLAGS.save_stats, dirs)
     count = lambda n: f"{n} images" if n else "stored stats"
     print(
         f"FID {value:.4f} ({count(n1)} vs {count(n2)}, {time.perf_counter() - t0:.1f} s)",

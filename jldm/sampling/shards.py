@@ -1,0 +1,147 @@
+"""Sampling at scale: N images in batches of B, each batch split over every device, written as
+uint8 .npz shards as they finish, so a stopped job resumes where it stopped.
+
+OUT/shard_00000.npz ... hold `images` [b, H, W, C] uint8 and `labels` [b] (b = B but for the
+last); OUT/manifest.json the settings, which a resume must repeat. Shard i's images depend on
+(seed, i) only: a resumed folder holds exactly the images of an uninterrupted run. Class labels
+cycle through the classes, so every class gets N / C images.
+"""
+
+import json
+import os
+import time
+from typing import NamedTuple
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from jldm.errors import UserError
+from jldm.sampling.pipeline import make_generator
+from jldm.sampling.run import Loaded, conditions
+
+MANIFEST = "manifest.json"
+
+
+class Written(NamedTuple):
+    """What sample_shards did: shards written now and found finished, images in all, seconds."""
+
+    written: int
+    skipped: int
+    images: int
+    seconds: float
+
+
+def shard_path(folder: str, index: int) -> str:
+    return os.path.join(folder, f"shard_{index:05d}.npz")
+
+
+def shard_paths(folder: str) -> list[str]:
+    """The finished shards of folder, in order."""
+    names = sorted(n for n in os.listdir(folder) if n.startswith("shard_") and n.endswith(".npz"))
+    return [os.path.join(folder, n) for n in names]
+
+
+def _check_manifest(folder: str, settings: dict) -> None:
+    path = os.path.join(folder, MANIFEST)
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = json.load(f)
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if diff:
+            raise UserError(
+                f"{folder} holds shards of other settings ({', '.join(diff)}): pass another --out, "
+                "or the settings it was started with to resume it"
+            )
+    elif shard_paths(folder):
+        raise UserError(f"{folder} holds shards but no {MANIFEST}: pass another --out")
+
+
+def _write_atomic(path: str, **arrays) -> None:
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")  # not a shard's name until done
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def sample_shards(
+    run: Loaded,
+    folder: str,
+    *,
+    num: int,
+    batch_size: int,
+    classes: list[int] | None = None,
+    sampler: str,
+    steps: int,
+    guidance: float,
+    eta: float = 0.0,
+    seed: int = 0,
+) -> Written:
+    """num class-conditional samples of run into folder as uint8 shards of batch_size images.
+
+    classes: the labels to cycle through (None: every class). The batch is split over all
+    devices (batch_size must be a multiple of their number); finished shards are skipped.
+    """
+    devices = jax.devices()
+    if num < 1 or batch_size < 1:
+        raise UserError(f"--num={num} and --batch_size={batch_size} must be >= 1")
+    if batch_size % len(devices):
+        raise UserError(
+            f"--batch_size={batch_size} is not a multiple of the {len(devices)} devices: "
+            "make it one"
+        )
+    num_classes = run.config.data.num_classes
+    classes = list(range(num_classes)) if classes is None else list(classes)
+    settings = {
+        "run_step": int(run.step),
+        "num": num,
+        "batch_size": batch_size,
+        "classes": classes,
+        "sampler": sampler,
+        "steps": steps,
+        "guidance": guidance,
+        "eta": eta,
+        "seed": seed,
+    }
+    os.makedirs(folder, exist_ok=True)
+    _check_manifest(folder, settings)
+    with open(os.path.join(folder, MANIFEST), "w") as f:
+        json.dump(settings, f, indent=2)
+
+    mesh = Mesh(np.asarray(devices), ("data",))
+    batch = NamedSharding(mesh, PartitionSpec("data"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    labels_of = lambda i: np.asarray(classes, np.int32)[
+        (i * batch_size + np.arange(batch_size)) % len(classes)
+    ]
+    gen = make_generator(
+        run,
+        conditions(run, labels_of(0)),
+        sampler=sampler,
+        steps=steps,
+        guidance=guidance,
+        eta=eta,
+    )
+    # The generator's program with its batch split over the devices.
+    fn = jax.jit(gen.fn, out_shardings=batch)
+    params = jax.device_put(gen.params, replicated)
+    inputs = jax.device_put(gen.inputs, replicated)
+    count = -(-num // batch_size)
+    todo = [i for i in range(count) if not os.path.isfile(shard_path(folder, i))]
+    base = jax.random.PRNGKey(seed)
+    t0 = time.perf_counter()
+    for i in tqdm(todo, desc="shards", unit="shard", disable=None, dynamic_ncols=True):
+        labels = labels_of(i)
+        cond = jax.device_put(conditions(run, labels), batch)
+        images = np.asarray(fn(params, cond, jax.random.fold_in(base, i), inputs))
+        keep = min(batch_size, num - i * batch_size)
+        images, labels = images[:keep], labels[:keep]
+        if not np.isfinite(images).all():
+            raise UserError(
+                f"{sampler} produced non-finite samples in shard {i}: the run may have diverged, "
+                "or lower --guidance / change --sampler (finished shards are kept)"
+            )
+        u8 = np.round(images * 255.0).astype(np.uint8)
+        _write_atomic(shard_path(folder, i), images=u8, labels=labels)
+    return Written(len(todo), count - len(todo), num, time.perf_counter() - t0)
