@@ -227,6 +227,7 @@ def test_score_samples_compares_with_the_test_split_at_the_sample_resolution(clf
         # The test split itself, rendered as a model at this resolution would see it.
         real = score_samples(reference, _resize(test, size), labels)
         assert real["frechet"] == pytest.approx(0.0, abs=1e-6)
+        assert real["precision"] == real["recall"] == 1.0
         assert real["class_accuracy"] >= 0.9
         assert real["num_samples"] == len(labels)
     assert score_samples(reference, test, labels)["class_accuracy"] == reference.test_accuracy
@@ -235,6 +236,11 @@ def test_score_samples_compares_with_the_test_split_at_the_sample_resolution(clf
     noise = score_samples(reference, noise_images, np.zeros(300, np.int32))
     assert held_out["class_accuracy"] is None
     assert 0.0 < held_out["frechet"] < 0.1 * noise["frechet"]
+    # Held-out digits against as many test digits (measured 0.91, 0.91); noise lies off them.
+    assert held_out["precision"] > 0.8 and held_out["recall"] > 0.8
+    assert noise["precision"] == noise["recall"] == 0.0
+    few = score_samples(reference, noise_images[:3])  # k = 3 needs 4 samples
+    assert few["precision"] is None and few["recall"] is None
     assert noise["class_accuracy"] < 0.5
     with pytest.raises(UserError, match="labels"):
         score_samples(reference, noise_images, np.full(300, 10))
@@ -263,6 +269,7 @@ def test_sample_quality_uses_load_split_and_the_cached_classifier(
         clf.accuracy(_unit(digits["test_images"]), digits["test_labels"])
     )
     assert 0.0 < result["frechet"] < 50.0
+    assert 0.0 <= result["precision"] <= 1.0 and 0.0 <= result["recall"] <= 1.0
     again = sample_quality(up, None, "digits", "unused", "", cache_dir)
     assert again["frechet"] == result["frechet"] and again["class_accuracy"] is None
     # The second call reuses the reference instead of reloading both splits.

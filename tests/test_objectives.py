@@ -160,8 +160,9 @@ def test_compare_matches_the_budget_and_reports_bits_per_dim(runs, tmp_path):
     ncsn, vp = rows
     # ncsn: 3 sigmas x 3 Langevin steps + the denoising step, doubled by guidance = 20 <= 24
     assert (ncsn["sampler"], ncsn["nfe"], ncsn["bits_per_dim"]) == ("als", 20, None)
-    # vpsde pc: 12 evaluations per image -> 6 steps of predictor + corrector
-    assert (vp["sampler"], vp["steps"], vp["nfe"]) == ("pc", 6, 24)
+    # vpsde pc: 12 evaluations per image -> 5 steps of predictor + corrector and the final
+    # denoising step
+    assert (vp["sampler"], vp["steps"], vp["nfe"]) == ("pc", 5, 22)
     # an untrained tiny model on a 2-step ODE: only finiteness and sign are meaningful
     assert 0 < vp["bits_per_dim"] < np.inf and vp["bpd_images"] == 4 and vp["bpd_nfe"] == 8
     assert all(r["train_steps_s"] > 0 and r["stage1_steps_s"] is None for r in rows)

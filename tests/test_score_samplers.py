@@ -107,7 +107,7 @@ def test_pc_sampler_reproduces_gaussian_data(name):
     score_fn = counted(gaussian_score(sde, mu, s))
     sampler = lambda k: pc_sample(sde, score_fn, k, (2000, 2), 100, snr=0.16, n_corrector=1)
     (a, nfe), (b, _) = run_twice(sampler, score_fn)
-    assert int(nfe) == 200
+    assert int(nfe) == 201  # with the final denoising step
     x = np.concatenate([a, b]).ravel()
     # 8000 values: standard errors 0.007 (mean) and 0.005 (std); 0.03 covers 100 EM steps.
     assert abs(x.mean() - mu) < 0.03 and abs(x.std() - s) < 0.03, (x.mean(), x.std())
@@ -117,7 +117,8 @@ def test_pc_sampler_reproduces_gaussian_data(name):
 def test_ode_sampler_follows_the_gaussian_flow_map(name):
     sde, mu, s, eps = SDES[name], 0.5, 0.6, 1e-3
     score_fn = counted(gaussian_score(sde, mu, s))
-    (a, nfe), (b, _) = run_twice(lambda k: ode_sample(sde, score_fn, k, (2000, 2), 25), score_fn)
+    sampler = lambda k: ode_sample(sde, score_fn, k, (2000, 2), 25, denoise=False)
+    (a, nfe), (b, _) = run_twice(sampler, score_fn)
     assert int(nfe) == 100
     # The flow of N(mu, s^2) data scales deviations by the ratio of marginal stds.
     var = lambda t: (lambda a, std: (a, a**2 * s**2 + std**2))(*sde.mean_coef_std(jnp.float32(t)))
@@ -127,6 +128,44 @@ def test_ode_sampler_follows_the_gaussian_flow_map(name):
     np.testing.assert_allclose(a, expected, atol=2e-3)
     x = np.concatenate([a, b]).ravel()
     assert abs(x.mean() - mu) < 0.03 and abs(x.std() - s) < 0.03, (x.mean(), x.std())
+
+
+@pytest.mark.parametrize("name", list(SDES))
+def test_final_denoising_step_is_the_gaussian_posterior_mean(name):
+    """Stopping at sigma(eps) = std/alpha = 0.3, the ODE's x_eps has mean a mu and variance
+    v = a^2 s^2 + std^2 (data plus noise); the Tweedie step maps it to E[x0 | x_eps] = mu +
+    a s^2 / v (x_eps - a mu), mean mu and variance a^2 s^4 / v: the data's minus the posterior
+    variance, as far below s^2 (to first order in sigma^2) as x_eps / a is above it."""
+    sde, mu, s = SDES[name], 0.5, 0.6
+    score_fn = gaussian_score(sde, mu, s)
+    eps = float(sde.edm_time(jnp.float32(0.3)))
+    a, std = (float(v) for v in sde.mean_coef_std(jnp.float32(eps)))
+    v = a**2 * s**2 + std**2
+    key = jax.random.PRNGKey(0)
+    noisy, nfe = ode_sample(sde, score_fn, key, (4000, 1), 25, eps, denoise=False)
+    clean, nfe_clean = ode_sample(sde, score_fn, key, (4000, 1), 25, eps)
+    assert (int(nfe), int(nfe_clean)) == (100, 101)
+    noisy, clean = np.asarray(noisy, np.float64), np.asarray(clean, np.float64)
+    np.testing.assert_allclose(clean, mu + a * s**2 / v * (noisy - a * mu), atol=1e-4)
+    # 4000 draws: standard errors 0.01 (mean) and 0.007 (std); the flow map is exact to 1e-3.
+    assert abs(noisy.mean() - a * mu) < 0.03 and abs(noisy.std() - np.sqrt(v)) < 0.02
+    assert abs(clean.mean() - mu) < 0.03 and abs(clean.std() - a * s**2 / np.sqrt(v)) < 0.02
+    assert noisy.std() / a - s > 0.03 and s - clean.std() > 0.03
+
+
+@pytest.mark.parametrize("n_corrector", [0, 1])
+def test_pc_and_em_end_on_the_posterior_mean_of_their_last_state(n_corrector):
+    sde, mu, s = SDES["vp"], 0.5, 0.6
+    score_fn = gaussian_score(sde, mu, s)
+    eps = float(sde.edm_time(jnp.float32(0.3)))
+    a, std = (float(v) for v in sde.mean_coef_std(jnp.float32(eps)))
+    run = lambda denoise: pc_sample(
+        sde, score_fn, jax.random.PRNGKey(1), (500, 1), 20, 0.16, n_corrector, eps, denoise
+    )
+    (noisy, nfe), (clean, nfe_clean) = run(False), run(True)
+    assert (int(nfe), int(nfe_clean)) == (20 * (1 + n_corrector), 20 * (1 + n_corrector) + 1)
+    v = a**2 * s**2 + std**2
+    np.testing.assert_allclose(clean, mu + a * s**2 / v * (noisy - a * mu), atol=1e-4)
 
 
 @pytest.mark.parametrize("method", ["rk4", "heun"])

@@ -115,3 +115,25 @@ def test_sdes_are_hashable_static_configs():
     assert hash(VPSDE()) == hash(VPSDE()) and VPSDE() != SubVPSDE()
     with pytest.raises(AttributeError):
         VPSDE().beta_max = 1.0  # frozen
+
+
+@pytest.mark.parametrize("sde", [*SDES.values(), VPSDE(2.0, 2.0), SubVPSDE(0.5, 0.5)])
+def test_edm_time_inverts_edm_sigma(sde):
+    # Constant beta (beta_min = beta_max) takes the formula's other branch: t = log1p(s^2) / b.
+    t = jnp.array([1e-3, 0.05, 0.3, 0.7, 1.0])
+    alpha, std = sde.mean_coef_std(t)
+    sigma = sde.edm_sigma(t)
+    np.testing.assert_allclose(sigma, std / alpha, rtol=1e-6)
+    np.testing.assert_allclose(sde.edm_time(sigma), t, rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(SDES))
+def test_denoise_is_the_posterior_mean_of_gaussian_data(name):
+    # Data N(mu, s^2): x_t = a x0 + std z is jointly Gaussian with x0, so E[x0 | x_t] is linear.
+    sde, mu, s = SDES[name], 0.4, 0.7
+    t = jnp.array([0.02, 0.3, 0.8])
+    a, std = (v[:, None] for v in sde.mean_coef_std(t))
+    score_fn = lambda x, t: -(x - a * mu) / (a**2 * s**2 + std**2)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 5)), jnp.float32)
+    want = mu + a * s**2 / (a**2 * s**2 + std**2) * (x - a * mu)
+    np.testing.assert_allclose(sde.denoise(score_fn, x, t), want, rtol=1e-5, atol=1e-5)

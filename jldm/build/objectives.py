@@ -130,11 +130,13 @@ def _check_ddpm(f) -> None:
         raise UserError(f"diffusion.cond_drop={f.cond_drop} must be in [0, 1)")
 
 
-_SDE_SAMPLERS = ("pc", "em", "ode")
+_SDE_SAMPLERS = ("pc", "em", "ode", "dpmpp2m", "heun")
 REGISTRY: dict[str, Objective] = {
     o.name: o
     for o in (
-        Objective("ddpm", "discrete", ("ddpm", "ddim"), True, False, check=_check_ddpm),
+        Objective(
+            "ddpm", "discrete", ("ddpm", "ddim", "dpmpp2m", "heun"), True, False, check=_check_ddpm
+        ),
         Objective("ncsn", "score", ("als",), True, True, _ncsn, _check_ncsn),
         Objective("vesde", "score", _SDE_SAMPLERS, True, True, _sde, _check_vesde),
         Objective("vpsde", "score", _SDE_SAMPLERS, True, True, _sde, _check_vp),

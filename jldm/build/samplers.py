@@ -2,10 +2,11 @@
 its network evaluations (NFE) for a step count and the step count for an NFE budget.
 
 A discrete sampler (ddpm, ddim) consumes the network's prediction under the discrete schedule; a
-score sampler (langevin, als, pc, em, ode) consumes a score s(x, c). The meaning of `steps`:
-ddim, pc, em, ode, langevin: steps of the chain; als: steps per noise level; ddpm: ignored
-(all T steps). Every setting is read from the config when the sampler is built, never inside
-the traced function.
+score sampler (langevin, als, pc, em, ode) consumes a score s(x, c); dpmpp2m and heun take
+either, read as a denoiser (jldm.build.flow). The meaning of `steps`: ddim, pc, em, ode,
+dpmpp2m, heun, langevin: steps of the chain; als: steps per noise level; ddpm: ignored (all T
+steps). Every setting is read from the config when the sampler is built, never inside the
+traced function.
 """
 
 import dataclasses
@@ -15,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jldm.build import flow
 from jldm.build.noise import build_schedule, build_sde, ncsn_sigmas
 from jldm.diffusion import samplers as discrete
 from jldm.diffusion import score_samplers
@@ -121,12 +123,18 @@ def _als(p: Plan) -> SampleFn:
     return go
 
 
+def _denoise_final(config: ml_collections.ConfigDict) -> bool:
+    """pc, em, ode: end on E[x0 | x_eps] (one more evaluation) instead of x_eps."""
+    return bool(config.sample.get("denoise_final", True))
+
+
 def _pc(corrector: bool) -> Callable[[Plan], SampleFn]:
     def build(p: Plan) -> SampleFn:
         s, sde = p.config.sample, build_sde(p.config)
         snr, n_corr, eps = s.snr, s.corrector_steps if corrector else 0, s.get("eps", 1e-3)
+        denoise = _denoise_final(p.config)
         return lambda fn, key, known=None: score_samplers.pc_sample(
-            sde, fn, key, p.shape, p.steps, snr, n_corr, eps
+            sde, fn, key, p.shape, p.steps, snr, n_corr, eps, denoise
         )[0]
 
     return build
@@ -137,8 +145,9 @@ def _ode(p: Plan) -> SampleFn:
     method, eps = s.ode_method, s.get("eps", 1e-3)
     if method not in ("rk4", "heun"):
         raise UserError(f"sample.ode_method={method!r}: use rk4 or heun")
+    denoise = _denoise_final(p.config)
     return lambda fn, key, known=None: score_samplers.ode_sample(
-        sde, fn, key, p.shape, p.steps, eps, method
+        sde, fn, key, p.shape, p.steps, eps, method, denoise
     )[0]
 
 
@@ -179,6 +188,11 @@ def _grid_heun(p: GridPlan):
 
 def _ode_per_step(config) -> int:
     return 4 if config.sample.ode_method == "rk4" else 2
+
+
+def _bounded(config, steps: int) -> int:
+    top = flow.max_steps(config)
+    return steps if top is None else min(steps, top)
 
 
 def _at_least_one(n: int) -> int:
@@ -228,8 +242,10 @@ REGISTRY: dict[str, Sampler] = {
             "pc",
             "score",
             _pc(corrector=True),
-            nfe=lambda c, steps: steps * (1 + c.sample.corrector_steps),
-            steps_for=lambda c, nfe: _at_least_one(nfe // (1 + c.sample.corrector_steps)),
+            nfe=lambda c, steps: steps * (1 + c.sample.corrector_steps) + _denoise_final(c),
+            steps_for=lambda c, nfe: _at_least_one(
+                (nfe - _denoise_final(c)) // (1 + c.sample.corrector_steps)
+            ),
             grid=_grid_pc,
             ancestral=True,
         ),
@@ -237,16 +253,34 @@ REGISTRY: dict[str, Sampler] = {
             "em",
             "score",
             _pc(corrector=False),
-            nfe=lambda c, steps: steps,
-            steps_for=lambda c, nfe: _at_least_one(nfe),
+            nfe=lambda c, steps: steps + _denoise_final(c),
+            steps_for=lambda c, nfe: _at_least_one(nfe - _denoise_final(c)),
         ),
         Sampler(
             "ode",
             "score",
             _ode,
-            nfe=lambda c, steps: steps * _ode_per_step(c),
-            steps_for=lambda c, nfe: _at_least_one(nfe // _ode_per_step(c)),
+            nfe=lambda c, steps: steps * _ode_per_step(c) + _denoise_final(c),
+            steps_for=lambda c, nfe: _at_least_one((nfe - _denoise_final(c)) // _ode_per_step(c)),
             grid=_grid_heun,
+        ),
+        Sampler(
+            "dpmpp2m",
+            "either",
+            flow.dpmpp2m,
+            nfe=lambda c, steps: steps,
+            steps_for=lambda c, nfe: _bounded(c, _at_least_one(nfe)),
+            max_steps=flow.max_steps,
+            inpaints=True,
+        ),
+        Sampler(
+            "heun",
+            "either",
+            flow.heun,
+            nfe=lambda c, steps: 2 * steps - 1,
+            steps_for=lambda c, nfe: _bounded(c, _at_least_one((nfe + 1) // 2)),
+            max_steps=flow.max_steps,
+            inpaints=True,
         ),
     )
 }

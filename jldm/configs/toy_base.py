@@ -62,10 +62,11 @@ def get_config() -> ml_collections.ConfigDict:
     e.levels = 10  # SDE objectives: times on a uniform grid over [eps_t, T]
 
     c.sample = s = ml_collections.ConfigDict()
-    # esm/ism/sliced/dsm: langevin; ncsn: als (annealed Langevin); SDEs: pc | em | ode
+    # esm/ism/sliced/dsm: langevin; ncsn: als (annealed Langevin); SDEs: pc | em | ode |
+    # dpmpp2m (DPM-Solver++ 2M) | heun (Karras et al.)
     s.sampler = "langevin"
     s.num = 4000
-    s.steps = 500  # langevin, pc, em and ode steps
+    s.steps = 500  # langevin, pc, em, ode, dpmpp2m and heun steps
     s.step_size = 0.005  # langevin
     s.init_std = 4.0  # langevin: chains start from N(0, init_std^2 I)
     s.steps_per_sigma = 100  # als
@@ -74,4 +75,11 @@ def get_config() -> ml_collections.ConfigDict:
     s.corrector_steps = 1  # pc
     s.ode_method = "rk4"  # ode: rk4 | heun
     s.eps = 1e-3  # pc, em and ode: the time sampling stops at
+    s.denoise_final = True  # pc, em, ode: end on E[x0 | x_eps] (Tweedie), one more evaluation
+    s.sigma_max = 80.0  # dpmpp2m, heun: start at min(this, the process's largest sigma)
+    s.rho = 7.0  # heun: exponent of the Karras et al. sigma schedule
+    s.s_churn = 0.0  # heun: stochastic churn; 0 = the deterministic ODE solver
+    s.s_tmin = 0.0  # heun: churn only where s_tmin <= sigma <= s_tmax
+    s.s_tmax = float("inf")
+    s.s_noise = 1.0  # heun: scale of the churn noise
     return c

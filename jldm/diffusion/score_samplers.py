@@ -73,6 +73,11 @@ def annealed_langevin(
     return x
 
 
+def _final(sde: SDE, score_fn: ScoreFn, x: jax.Array, eps: float, denoise: bool) -> jax.Array:
+    """x at time eps, or its posterior mean E[x(0) | x(eps)] when denoise."""
+    return sde.denoise(score_fn, x, _full(x, eps)) if denoise else x
+
+
 def euler_maruyama(
     sde: SDE, score_fn: ScoreFn, key: jax.Array, x: jax.Array, t: jax.Array, dt: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
@@ -115,11 +120,13 @@ def pc_sample(
     snr: float = 0.16,
     n_corrector: int = 1,
     eps: float = 1e-3,
+    denoise: bool = True,
 ) -> tuple[jax.Array, int]:
     """Predictor-corrector sampling from T to eps. -> (x: shape, score evaluations).
 
     Each of n_steps runs n_corrector Langevin corrector steps, then one reverse Euler-Maruyama
-    step; the last step returns its noise-free mean.
+    step; the last step returns its noise-free mean. denoise: then the Tweedie step at eps,
+    E[x(0) | x(eps)] (one more evaluation).
     """
     k_init, k_steps = jax.random.split(key)
     x = sde.prior_sample(k_init, shape)
@@ -134,7 +141,7 @@ def pc_sample(
         return euler_maruyama(sde, score_fn, k_pred, x, t, dt), None
 
     (_, x_mean), _ = jax.lax.scan(body, (x, x), jnp.arange(n_steps))
-    return x_mean, n_steps * (1 + n_corrector)
+    return _final(sde, score_fn, x_mean, eps, denoise), n_steps * (1 + n_corrector) + denoise
 
 
 def odeint_fixed(
@@ -253,9 +260,14 @@ def ode_sample(
     n_steps: int,
     eps: float = 1e-3,
     method: str = "rk4",
+    denoise: bool = True,
 ) -> tuple[jax.Array, int]:
-    """Probability-flow ODE from a prior draw at T down to eps. -> (x, score evaluations)."""
+    """Probability-flow ODE from a prior draw at T down to eps. -> (x, score evaluations).
+
+    denoise: then the Tweedie step at eps, E[x(0) | x(eps)] (one more evaluation).
+    """
     x = sde.prior_sample(key, shape)
     drift = lambda y, t: sde.ode_drift(score_fn, y, _full(y, t))
     x = odeint_fixed(drift, x, sde.T, eps, n_steps, method)
-    return x, n_steps * (4 if method == "rk4" else 2)
+    nfe = n_steps * (4 if method == "rk4" else 2) + denoise
+    return _final(sde, score_fn, x, eps, denoise), nfe

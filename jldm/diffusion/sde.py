@@ -73,6 +73,20 @@ class SDE:
         g2 = _bcast(jnp.square(self.diffusion(t)), x)
         return self.drift(x, t) - 0.5 * g2 * score_fn(x, t)
 
+    def denoise(self, score_fn: ScoreFn, x: jax.Array, t: jax.Array) -> jax.Array:
+        """Tweedie's posterior mean E[x(0) | x(t)] = (x + std^2 s(x, t)) / alpha. -> [B,...]."""
+        alpha, std = self.mean_coef_std(t)
+        return (x + _bcast(jnp.square(std), x) * score_fn(x, t)) / _bcast(alpha, x)
+
+    def edm_sigma(self, t: jax.Array) -> jax.Array:
+        """sigma = std / alpha, the noise level of x / alpha (Karras et al. 2022). t: [B] -> [B]."""
+        alpha, std = self.mean_coef_std(t)
+        return std / alpha
+
+    def edm_time(self, sigma: jax.Array) -> jax.Array:
+        """The time t whose edm_sigma(t) is sigma (the inverse). sigma: [B] -> [B]."""
+        raise NotImplementedError
+
 
 @dataclasses.dataclass(frozen=True)
 class VESDE(SDE):
@@ -106,6 +120,9 @@ class VESDE(SDE):
         std = self.sigma_min * jnp.sqrt(jnp.expm1(2 * t * self._log_ratio))
         return jnp.ones_like(t), std
 
+    def edm_time(self, sigma: jax.Array) -> jax.Array:
+        return jnp.log1p(jnp.square(sigma / self.sigma_min)) / (2 * self._log_ratio)
+
     @property
     def prior_std(self) -> float:
         return self.sigma_max
@@ -138,6 +155,17 @@ class VPSDE(SDE):
         lm = self.log_mean_coef(t)
         return jnp.exp(lm), jnp.sqrt(-jnp.expm1(2 * lm))
 
+    def neg_log_mean_coef_at(self, sigma: jax.Array) -> jax.Array:
+        """-log alpha where std / alpha = sigma: 0.5 log(1 + sigma^2). sigma: [B] -> [B]."""
+        return 0.5 * jnp.log1p(jnp.square(sigma))
+
+    def edm_time(self, sigma: jax.Array) -> jax.Array:
+        # Solves t^2 (beta_max - beta_min) / 4 + t beta_min / 2 = m in the form stable for
+        # beta_max = beta_min.
+        m = self.neg_log_mean_coef_at(jnp.asarray(sigma, jnp.float32))
+        b, d = self.beta_min, self.beta_max - self.beta_min
+        return 4 * m / (b + jnp.sqrt(b**2 + 4 * d * m))
+
     @property
     def prior_std(self) -> float:
         return 1.0
@@ -154,3 +182,7 @@ class SubVPSDE(VPSDE):
     def mean_coef_std(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
         lm = self.log_mean_coef(t)
         return jnp.exp(lm), -jnp.expm1(2 * lm)
+
+    def neg_log_mean_coef_at(self, sigma: jax.Array) -> jax.Array:
+        """-log alpha where std / alpha = 1 / alpha - alpha = sigma: asinh(sigma / 2)."""
+        return jnp.arcsinh(0.5 * sigma)

@@ -1,4 +1,5 @@
-"""Sample quality in the project's own feature space: class accuracy and Frechet distance."""
+"""Sample quality in the project's own feature space: class accuracy, Frechet distance, and
+precision and recall (k-nearest-neighbour manifolds)."""
 
 from __future__ import annotations
 
@@ -14,33 +15,36 @@ from jldm.errors import UserError
 from jldm.eval.classifier import Classifier
 from jldm.eval.classifier_cache import cache_folder, classifier_for
 from jldm.eval.frechet import feature_stats, frechet_distance
+from jldm.eval.precision_recall import precision_recall
 
 _CHUNK = 4096
+_K = 3  # neighbours of precision and recall (Kynkaanniemi et al.'s default)
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 @dataclass(eq=False)
 class Reference:
-    """A dataset's classifier and test split, with test-feature statistics per sample resolution."""
+    """A dataset's classifier and test split, with test features per sample resolution."""
 
     classifier: Classifier
     test_images_u8: np.ndarray  # [N, H, W, C]
     test_labels: np.ndarray  # [N]
     test_accuracy: float
+    _features: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
     _stats: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict, repr=False
     )
 
-    def stats(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """Feature mean [F] and covariance [F, F] of the test split rendered at height x width.
+    def features(self, height: int, width: int) -> np.ndarray:
+        """Classifier features [N, F] of the test split rendered at height x width.
 
         A model trained at another resolution sees the data bilinearly resized (as
         jldm.data.preprocess does), and the classifier resizes its samples back; the reference
         goes through the same two resizes, so perfect samples score like held-out data.
         """
         key = (int(height), int(width))
-        if key not in self._stats:
+        if key not in self._features:
             n, h, w, c = self.test_images_u8.shape
             parts = []
             for i in range(0, n, _CHUNK):
@@ -48,7 +52,14 @@ class Reference:
                 if key != (h, w):
                     x = jax.image.resize(x, (x.shape[0], *key, c), "linear", antialias=True)
                 parts.append(self.classifier.features(x))
-            self._stats[key] = feature_stats(np.concatenate(parts))
+            self._features[key] = np.concatenate(parts)
+        return self._features[key]
+
+    def stats(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Feature mean [F] and covariance [F, F] of the test split at height x width."""
+        key = (int(height), int(width))
+        if key not in self._stats:
+            self._stats[key] = feature_stats(self.features(*key))
         return self._stats[key]
 
 
@@ -69,9 +80,13 @@ def make_reference(
 def score_samples(
     reference: Reference, images01: np.ndarray, labels: np.ndarray | None = None
 ) -> dict[str, float | int | None]:
-    """class_accuracy (None without labels), frechet, test_accuracy of images01: [N, H, W, C].
+    """class_accuracy (None without labels), frechet, precision, recall, test_accuracy and
+    num_samples of images01: [N, H, W, C].
 
-    The Frechet figure is biased upwards for small N, so compare runs at equal sample counts.
+    precision and recall (k = 3) compare the samples' features with those of as many test
+    images (a fixed subset; all when the split is smaller), None with fewer than 4. All
+    figures move with N (Frechet is biased upwards for small N), so compare runs at equal
+    sample counts.
     """
     classifier = reference.classifier
     images = np.asarray(images01)
@@ -84,14 +99,27 @@ def score_samples(
                 f"[{labels.min()}, {labels.max()}]: sample with the dataset's class ids"
             )
         class_accuracy = classifier.accuracy(images, labels)
-    mu, sigma = feature_stats(classifier.features(images))
+    feats = classifier.features(images)
+    mu, sigma = feature_stats(feats)
     ref_mu, ref_sigma = reference.stats(images.shape[1], images.shape[2])
+    precision, recall = _precision_recall(reference.features(*images.shape[1:3]), feats)
     return {
         "class_accuracy": class_accuracy,
         "frechet": frechet_distance(mu, sigma, ref_mu, ref_sigma),
+        "precision": precision,
+        "recall": recall,
         "test_accuracy": reference.test_accuracy,
         "num_samples": int(images.shape[0]),
     }
+
+
+def _precision_recall(real: np.ndarray, fake: np.ndarray) -> tuple[float | None, float | None]:
+    """Precision and recall against a fixed subset of the real features as large as fake."""
+    if len(fake) <= _K or len(real) <= _K:
+        return None, None
+    if len(real) > len(fake):
+        real = real[np.random.default_rng(0).permutation(len(real))[: len(fake)]]
+    return precision_recall(real, fake, _K)
 
 
 @functools.lru_cache(maxsize=4)
@@ -135,7 +163,8 @@ def sample_quality(
     """Quality of samples images01: [N, H, W, C] in [0, 1] with their class labels: [N] or None.
 
     Returns class_accuracy (fraction of samples classified as their label; None without labels),
-    frechet (Frechet distance of classifier features to the test split's), test_accuracy (the
+    frechet (Frechet distance of classifier features to the test split's), precision and recall
+    (k-nearest-neighbour manifolds of the same features, see score_samples), test_accuracy (the
     classifier's own accuracy on the test split, the ceiling for class_accuracy) and num_samples.
     The classifier is trained once per dataset and cached in cache_dir (see reference_for).
     """

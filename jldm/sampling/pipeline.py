@@ -59,7 +59,7 @@ def make_generator(
     """The sampler key -> images [N,H,W,C] in [0, 1] for conditions cond ([N] or [N, L]).
 
     known: (images [N,H,W,C] in [-1, 1], mask [N,H,W,1], 1 = keep) for inpainting, with the
-    samplers that inpaint (ddpm, ddim). low_res: [N, R/f, R/f, C] in [-1, 1], the images a
+    samplers that inpaint (Sampler.inpaints). low_res: [N, R/f, R/f, C] in [-1, 1], the images a
     super-resolution run (model.low_res_factor = f) sharpens.
     """
     for name, v in (("guidance", guidance), ("eta", eta)):
@@ -73,7 +73,10 @@ def make_generator(
     inputs = {}
     if known is not None:
         if not chosen.inpaints:
-            raise UserError(f"inpainting runs with the ddpm or ddim sampler, not {sampler!r}")
+            inpainting = [n for n, x in registry.REGISTRY.items() if x.inpaints]
+            raise UserError(
+                f"inpainting runs with the samplers {', '.join(inpainting)}, not {sampler!r}"
+            )
         inputs["known"] = _known_in_model_space(run, known, shape)
     low = _low_res_input(config, low_res, shape)
     if low is not None:
