@@ -99,9 +99,12 @@ RANGES = {
             "features",
             "depth",
             "embed_dim",
+            "latent_size",
+            "hidden",
         )
     },
     "model.dropout": fraction(high_open=True),
+    "model.obs_logvar": Range(False),
     **{f"text.{k}": count(1) for k in ("max_length", "width", "layers", "heads")},
     "diffusion.timesteps": count(1),
     "diffusion.beta_start": unit_open(),
@@ -127,8 +130,18 @@ RANGES = {
     "sample.eps": unit_open(),
     "sample.guidance": Range(False),
     "sample.eta": fraction(),
+    "sample.sigma_max": positive(),
+    "sample.rho": positive(),
+    "sample.s_churn": nonnegative(),
+    "sample.s_tmin": nonnegative(),
+    "sample.s_noise": positive(),
+    "sample.temperature": positive(),
+    "sample.interpolation_rows": count(1),
+    "sample.interpolation_steps": count(2),
     "eval.num": count(1),
     "eval.levels": count(1),
+    **{f"vae.{k}": count(1) for k in ("num_samples", "iwae_samples")},
+    **{f"vae.{k}": count(0) for k in ("kl_warmup_steps", "eval_images")},
     **{f"stage1.{k}": r for k, r in SCHEDULE.items()},
     **{
         f"stage1.{k}": count(1)
@@ -144,6 +157,8 @@ RANGES = {
     **{f"stage1.{k}": count(0) for k in ("disc_start", "perceptual_steps")},
     **{f"stage1.{k}": nonnegative() for k in ("disc_weight", "kl_weight", "perceptual_weight")},
     **{f"train.{k}": r for k, r in SCHEDULE.items()},
+    "train.sample_every": count(0),
+    "train.sample_quality": count(0),
 }
 # Tuples whose every entry is a count.
 TUPLES = {

@@ -20,18 +20,22 @@ class TrainState:
     rng: jax.Array
 
 
-def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW with linear warmup to train.lr, then constant; global-norm gradient clipping."""
-    lr = optax.join_schedules(
+def learning_rate(train: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warmup to train.lr over train.warmup_steps, then constant."""
+    return optax.join_schedules(
         [
             optax.linear_schedule(0.0, train.lr, max(train.warmup_steps, 1)),
             optax.constant_schedule(train.lr),
         ],
         [max(train.warmup_steps, 1)],
     )
+
+
+def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW at learning_rate(train); global-norm gradient clipping."""
     return optax.chain(
         optax.clip_by_global_norm(train.grad_clip),
-        optax.adamw(lr, b1=0.9, b2=0.99, weight_decay=train.weight_decay),
+        optax.adamw(learning_rate(train), b1=0.9, b2=0.99, weight_decay=train.weight_decay),
     )
 
 

@@ -78,14 +78,20 @@ def get_config() -> ml_collections.ConfigDict:
     # skip_nonfinite: the run stops (after a checkpoint) once more than this fraction of its
     # steps were skipped.
     t.max_skipped_fraction = 0.1
+    # Every sample_every steps (0: never), an EMA sample grid to WORKDIR/samples/step_N.png and
+    # TensorBoard, and the quality figures (class accuracy, Frechet, ...) of sample_quality
+    # samples on the digits and Fashion-MNIST (0: the grid only).
+    t.sample_every = 0
+    t.sample_quality = 500
     # FSDP-style: split params, EMA and optimizer state over the devices (largest divisible
     # axis of each big leaf) instead of a full copy on each; same updates, less memory/device.
     t.shard_params = False
 
     c.sample = s = ml_collections.ConfigDict()
-    # ddpm objective: ddpm | ddim; ncsn: als (annealed Langevin); SDEs: pc | em | ode
+    # ddpm objective: ddpm | ddim | dpmpp2m | heun; ncsn: als (annealed Langevin); SDEs: pc | em |
+    # ode | dpmpp2m | heun. dpmpp2m: DPM-Solver++ 2M; heun: Karras et al.'s 2nd-order sampler.
     s.sampler = "ddim"
-    s.steps = 50  # ddim, pc, em and ode steps
+    s.steps = 50  # ddim, pc, em, ode, dpmpp2m and heun steps
     s.snr = 0.16  # pc: Langevin corrector signal-to-noise ratio
     s.corrector_steps = 1  # pc
     s.ode_method = "rk4"  # ode: rk4 | heun
@@ -94,4 +100,11 @@ def get_config() -> ml_collections.ConfigDict:
     s.guidance = 2.0
     s.per_class = 10
     s.eta = 0.0
+    s.denoise_final = True  # pc, em, ode: end on E[x0 | x_eps] (Tweedie), one more evaluation
+    s.sigma_max = 80.0  # dpmpp2m, heun: start at min(this, the process's largest sigma)
+    s.rho = 7.0  # heun: exponent of the Karras et al. sigma schedule
+    s.s_churn = 0.0  # heun: stochastic churn; 0 = the deterministic ODE solver
+    s.s_tmin = 0.0  # heun: churn only where s_tmin <= sigma <= s_tmax
+    s.s_tmax = float("inf")
+    s.s_noise = 1.0  # heun: scale of the churn noise
     return c

@@ -14,5 +14,6 @@ def get_config():
     c.train.batch_size = 128
     c.train.lr = 1e-3
     c.train.checkpoint_every = 2000
+    c.train.sample_every = 2000
     c.train.log_every = 100
     return c

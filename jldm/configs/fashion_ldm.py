@@ -18,6 +18,7 @@ def get_config():
     c.train.batch_size = 128
     c.train.lr = 1e-3
     c.train.checkpoint_every = 2000
+    c.train.sample_every = 2000
     c.train.log_every = 100
     a = c.stage1
     a.channels = 64

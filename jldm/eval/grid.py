@@ -59,6 +59,13 @@ def make_grid(
     return grid
 
 
+def readable_scale(images: np.ndarray) -> int:
+    """The upscaling that makes each cell of a grid of images [N, H, W, C] at least MIN_CELL_PX
+    pixels on its short side."""
+    short = min(images.shape[1:3]) if images.ndim == 4 else 1
+    return max(1, math.ceil(MIN_CELL_PX / max(short, 1)))
+
+
 def save_grid(
     images01: np.ndarray,
     path: str,
@@ -71,10 +78,7 @@ def save_grid(
     scale=None upscales so that each cell is at least MIN_CELL_PX pixels on its short side.
     """
     images = np.asarray(images01)
-    if scale is None:
-        short = min(images.shape[1:3]) if images.ndim == 4 else 1
-        scale = max(1, math.ceil(MIN_CELL_PX / max(short, 1)))
-    grid = make_grid(images, ncols, pad=pad, scale=scale)
+    grid = make_grid(images, ncols, pad=pad, scale=scale or readable_scale(images))
     # uint8 [H, W] maps to mode "L" and [H, W, 3] to "RGB".
     picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     directory = os.path.dirname(os.path.abspath(path))

@@ -37,9 +37,10 @@ flags.DEFINE_list(
 flags.DEFINE_string(
     "sampler",
     None,
-    "Sampler (default: config.sample.sampler): ddpm|ddim for DDPM runs, als (annealed Langevin) "
-    "for NCSN runs, pc|em|ode for SDE runs (jldm.build.samplers.REGISTRY lists them all, and "
-    "which objectives each applies to); ddim|ddpm|pc|ode with --pretrained.",
+    "Sampler (default: config.sample.sampler): ddpm|ddim|dpmpp2m|heun for DDPM runs, als "
+    "(annealed Langevin) for NCSN runs, pc|em|ode|dpmpp2m|heun for SDE runs "
+    "(jldm.build.objectives.REGISTRY says which objective takes which); ddim|ddpm|pc|ode with "
+    "--pretrained.",
     flag_values=FLAGS,
 )
 flags.DEFINE_integer(
@@ -363,7 +364,7 @@ def main(owns_process: bool = False) -> None:
         from jldm.eval import sample_quality
 
         q = sample_quality(images, labels, d.name, d.data_dir, d.fashion_dir)
-        print("quality: " + ", ".join(f"{k} {v:.4f}" for k, v in q.items()))
+        print("quality: " + ", ".join(f"{k} {v:.4f}" for k, v in q.items() if v is not None))
     print(f"samples: {out}.png {out}.npz")
 
 

@@ -7,15 +7,18 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from jldm.build import samplers
 from jldm.build.model import build_model, downsample, init_params, sr_factor
 from jldm.build.noise import build_schedule
 from jldm.build.objectives import build_loss
 from jldm.build.state import abstract_state, create_state, make_optimizer
 from jldm.build.text import condition_fn
-from jldm.eval import save_grid
-from jldm.sampling.pipeline import generate
-from jldm.sampling.run import Loaded, Stage1
-from jldm.train.fit import Task
+from jldm.errors import UserError
+from jldm.eval import make_grid, sample_quality, save_grid
+from jldm.eval.grid import readable_scale
+from jldm.sampling.pipeline import make_generator
+from jldm.sampling.run import Loaded, Stage1, conditions
+from jldm.train.fit import Task, Watched
 from jldm.train.inputs import array_batches
 from jldm.train.sharding import batch_sharding, check_batch, make_mesh, state_sharding
 from jldm.train.step import make_train_step, make_update
@@ -59,14 +62,34 @@ def diffusion_task(
         condition_fn(config),
     )
 
-    def finish(state) -> None:
+    def ema_run(state) -> Loaded | None:
+        """The EMA model as a run, on process 0 (None elsewhere)."""
         ema = state.ema_params
         if jax.process_count() > 1:  # a collective: every process takes part
             ema = multihost_utils.process_allgather(ema, tiled=True)
-        if jax.process_index() == 0:
-            ema = jax.device_get(ema)
-            run = Loaded(config, model, ema, build_schedule(config), int(state.step), stage1)
-            final_grid(run, workdir, images)
+        if jax.process_index() != 0:
+            return None
+        ema = jax.device_get(ema)
+        return Loaded(config, model, ema, build_schedule(config), int(state.step), stage1)
+
+    watcher = Watcher(config, workdir, images)
+
+    def finish(state) -> None:
+        run = ema_run(state)
+        if run is not None:
+            x = watcher.grid(run)
+            if not np.isfinite(x).all():
+                raise UserError(
+                    f"training ended but its EMA samples are not finite ({config.sample.sampler}): "
+                    "sample.py with another --sampler or --guidance may tell why"
+                )
+            path = os.path.join(workdir, "samples_final.png")
+            save_grid(x, path, ncols=config.sample.per_class)
+            print(f"final samples: {path}")
+
+    def watch(state, step: int) -> Watched:
+        run = ema_run(state)
+        return Watched({}, {}) if run is None else watcher.watch(run, step)
 
     return Task(
         name="train",
@@ -77,22 +100,79 @@ def diffusion_task(
         inputs=inputs,
         finish=finish,
         meta=meta or {},
+        watch=watch,
+        describe=f"```\n{config.to_json(indent=2)}\n```",
     )
 
 
-def final_grid(run: Loaded, workdir: str, images: np.ndarray) -> None:
-    """A grid of EMA samples, one row per class: WORKDIR/samples_final.png.
-
-    A super-resolution run sharpens downsampled training images instead.
-    """
+def _grid_inputs(run: Loaded, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels (config.sample.per_class per class) and, for super-resolution, the low-resolution
+    training images the grid sharpens."""
     config = run.config
-    s, d = config.sample, config.data
-    labels = np.repeat(np.arange(d.num_classes), s.per_class)
+    labels = np.repeat(np.arange(config.data.num_classes), config.sample.per_class)
     low_res, f = None, sr_factor(config)
     if f > 1:
         low_res = np.asarray(downsample(images[: len(labels)], f))
         labels = labels[: len(low_res)]
-    x = generate(run, labels=labels, seed=config.seed, low_res=low_res)
-    path = os.path.join(workdir, "samples_final.png")
-    save_grid(x, path, ncols=s.per_class)
-    print(f"final samples: {path}")
+    return labels, low_res
+
+
+_QUALITY_DATASETS = ("digits", "fashion_mnist")
+
+
+class Watcher:
+    """A run in progress, seen through its EMA params: one row per class of samples (a
+    super-resolution run sharpens downsampled training images instead) and, on the digits and
+    Fashion-MNIST, the quality figures of train.sample_quality samples (classes cycled). The
+    config's sampler and seed throughout, so grids of one run differ only by the training
+    between them; each sampler is compiled once, its params an argument."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, images: np.ndarray):
+        self.config, self.workdir, self.images = config, workdir, images
+        d = config.data
+        self.num = config.train.get("sample_quality", 0)
+        self.scored = self.num and d.name in _QUALITY_DATASETS and sr_factor(config) == 1
+        self.generators = {}
+
+    def _sample(self, run: Loaded, name: str, labels, low_res, seed: int) -> np.ndarray:
+        s = self.config.sample
+        if name not in self.generators:
+            self.generators[name] = make_generator(
+                run,
+                conditions(run, labels),
+                sampler=s.sampler,
+                steps=samplers.get(s.sampler).default_steps(self.config),
+                guidance=s.guidance,
+                eta=s.eta,
+                low_res=low_res,
+            )
+        gen = self.generators[name]
+        params = {"unet": run.params, "stage1": gen.params["stage1"]}
+        return np.asarray(gen.fn(params, gen.cond, jax.random.PRNGKey(seed), gen.inputs))
+
+    def grid(self, run: Loaded) -> np.ndarray:
+        """config.sample.per_class samples of each class [N, H, W, C] in [0, 1]."""
+        config = self.config
+        labels = np.repeat(np.arange(config.data.num_classes), config.sample.per_class)
+        low_res, f = None, sr_factor(config)
+        if f > 1:
+            low_res = np.asarray(downsample(self.images[: len(labels)], f))
+            labels = labels[: len(low_res)]
+        return self._sample(run, "grid", labels, low_res, config.seed)
+
+    def watch(self, run: Loaded, step: int) -> Watched:
+        """The grid as WORKDIR/samples/step_NNNNNNN.png and a TensorBoard image, and the quality
+        figures as sample/* scalars."""
+        config, d = self.config, self.config.data
+        x = self.grid(run)
+        path = os.path.join(self.workdir, "samples", f"step_{step:07d}.png")
+        save_grid(x, path, ncols=config.sample.per_class)
+        scalars = {"sample/nonfinite": float(np.mean(~np.isfinite(x)))}
+        if self.scored:
+            cycled = np.arange(self.num) % d.num_classes
+            many = self._sample(run, "quality", cycled, None, config.seed + 1)
+            if np.isfinite(many).all():
+                q = sample_quality(many, cycled, d.name, d.data_dir, d.fashion_dir)
+                scalars.update({f"sample/{k}": v for k, v in q.items() if v is not None})
+        grid = make_grid(x, ncols=config.sample.per_class, scale=readable_scale(x))
+        return Watched(scalars, {"samples": grid})

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jldm.build import ranges
-from jldm.build.state import TrainState
+from jldm.build.state import TrainState, learning_rate
 from jldm.errors import UserError
 from jldm.train import checkpoint
 from jldm.train.feeder import Prefetcher
@@ -44,7 +44,9 @@ class Task:
     one. step(state, inputs) -> (state, metrics [k]) runs k = steps_per_call fused steps and
     reports metrics["nonfinite"] per step; inputs(start, stop) yields one input per call, from
     a background thread. evaluate(state, step) -> extra scalars on log steps (and step 0);
-    finish(state) runs once training is complete; meta goes with every checkpoint.
+    finish(state) runs once training is complete; meta goes with every checkpoint. watch(state,
+    step) -> Watched runs every section.sample_every steps (0 or absent: never): sample grids
+    and a quick quality figure while the run trains.
     """
 
     name: str
@@ -57,6 +59,15 @@ class Task:
     finish: Callable[[TrainState], None] | None = None
     meta: dict = dataclasses.field(default_factory=dict)
     show: str = "loss"  # the metric shown beside the progress bar
+    watch: Callable[[TrainState, int], "Watched"] | None = None
+    describe: str = ""  # logged once as TensorBoard text (the config)
+
+
+class Watched(NamedTuple):
+    """What a task shows of a run in progress: scalars and images [H, W, C] uint8 by name."""
+
+    scalars: dict
+    images: dict
 
 
 class Result(NamedTuple):
@@ -97,8 +108,12 @@ def fit(task: Task, workdir: str) -> Result:
             "use the steps_per_call it was trained with"
         )
     writer = MetricWriter(workdir, enabled=main)
+    if task.describe:
+        writer.text(start, "config", task.describe)
     if start == 0 and task.evaluate is not None:
         writer.write(0, task.evaluate(state, 0))
+    lr = learning_rate(sec) if "lr" in sec and "warmup_steps" in sec else None
+    every = sec.get("sample_every", 0)
     feeder = Prefetcher(task.inputs(start, total))
     bar = tqdm(total=total, initial=start, unit="step", disable=not main, dynamic_ncols=True)
     bar.set_description(task.name)
@@ -129,6 +144,8 @@ def fit(task: Task, workdir: str) -> Result:
                     now = time.perf_counter()
                     scalars["steps_per_sec"] = (done - s_last) / (now - t_last)
                     scalars["skipped_steps"] = skipped
+                    if lr is not None:
+                        scalars["lr"] = float(lr(done))
                     if task.evaluate is not None:
                         scalars.update(task.evaluate(state, done))
                     t_last, s_last = now, done
@@ -136,6 +153,12 @@ def fit(task: Task, workdir: str) -> Result:
                     if task.show in scalars:
                         bar.set_postfix({task.show: f"{scalars[task.show]:.4f}"})
                     stop_skipping = skipped > max_skipped * (done - start)
+                if every and task.watch is not None and done % every == 0:
+                    seen = task.watch(state, done)
+                    if seen.scalars:
+                        writer.write(done, seen.scalars)
+                    for tag, image in seen.images.items():
+                        writer.image(done, tag, image)
                 if done % sec.checkpoint_every == 0 or done == total or stop or stop_skipping:
                     meta = {**task.meta, "step": done, "data_step": done}
                     checkpoint.save(mngr, state, meta)

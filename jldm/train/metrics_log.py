@@ -1,9 +1,12 @@
-"""Scalars to WORKDIR/metrics.jsonl and TensorBoard event files (WORKDIR/tb)."""
+"""Scalars to WORKDIR/metrics.jsonl and TensorBoard event files (WORKDIR/tb), which also get
+images (sample grids during training) and text (the config)."""
 
 import json
 import math
 import os
 import sys
+
+import numpy as np
 
 
 def _summary_writer_class():
@@ -48,6 +51,17 @@ class MetricWriter:
         self._jsonl.flush()
         for k, v in scalars.items():
             self._tb.add_scalar(k, v, step)
+
+    def image(self, step: int, tag: str, image: np.ndarray) -> None:
+        """An image [H, W, C] uint8 (C = 1 or 3) to TensorBoard."""
+        if self.enabled:
+            rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+            self._tb.add_image(tag, rgb, step, dataformats="HWC")
+
+    def text(self, step: int, tag: str, text: str) -> None:
+        """Text (Markdown) to TensorBoard."""
+        if self.enabled:
+            self._tb.add_text(tag, text, step)
 
     def close(self) -> None:
         if self.enabled:

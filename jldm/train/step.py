@@ -13,12 +13,13 @@ from jldm.train.sharding import batch_sharding, replicated
 
 
 def check_steps_per_call(section, prefix: str = "train") -> None:
-    """steps_per_call >= 1 (default 1), and steps, checkpoint_every, log_every multiples of it."""
+    """steps_per_call >= 1 (default 1), and steps, checkpoint_every, log_every and sample_every
+    multiples of it."""
     k = section.get("steps_per_call", 1)
     if not isinstance(k, int) or k < 1:
         raise UserError(f"{prefix}.steps_per_call={k} must be an integer >= 1")
-    for name in ("steps", "checkpoint_every", "log_every"):
-        if section[name] % k:
+    for name in ("steps", "checkpoint_every", "log_every", "sample_every"):
+        if section.get(name, 0) % k:
             raise UserError(
                 f"{prefix}.{name}={section[name]} is not a multiple of "
                 f"{prefix}.steps_per_call={k}: make it one"
