@@ -282,6 +282,33 @@ def test_distributed_settings_come_from_flags_then_environment():
             distributed.settings(environ=environ)
 
 
+def test_a_cluster_job_joins_by_itself_and_flags_decide_first():
+    slurm = {"SLURM_JOB_ID": "17", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "8"}
+    mpi = {"OMPI_COMM_WORLD_SIZE": "4"}
+    tpu = {"TPU_WORKER_HOSTNAMES": "t0,t1,t2,t3"}
+    for env in (slurm, mpi, tpu):
+        assert distributed.cluster(env) is not None
+        assert distributed.settings(environ=env) == distributed.AUTO
+        assert distributed.settings(environ=env, mode="off") is None
+        assert distributed.settings("h:9", 2, 1, environ=env) == ("h:9", 2, 1)
+    # One task, one host, or no cluster: a single process unless asked.
+    batch_script = {"SLURM_JOB_ID": "17", "SLURM_NTASKS": "8"}  # not inside srun
+    for env in (batch_script, {"TPU_WORKER_HOSTNAMES": "t0"}, {}):
+        assert distributed.cluster(env) is None and distributed.settings(environ=env) is None
+        assert distributed.settings(environ=env, mode="auto") == distributed.AUTO
+    with pytest.raises(UserError, match="--distributed='always'"):
+        distributed.settings(environ={}, mode="always")
+
+
+def test_distributed_auto_outside_a_cluster_is_one_error_line(tmp_path):
+    proc = cli(
+        "train.py", "--config", "configs/digits_ddpm.py", "--workdir", str(tmp_path / "w"),
+        "--distributed=auto",
+    )  # fmt: skip
+    assert_user_error(proc, "--distributed=off")
+    assert os.listdir(tmp_path) == []
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,7 +3,9 @@
 
 Multi-host: run the same command on every host with --coordinator HOST:PORT (process 0's
 address), --num_processes N and --process_id I (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
-JAX_PROCESS_ID); each process reads its own slice of every batch.
+JAX_PROCESS_ID); under SLURM (srun with several tasks), Open MPI or on a multi-host TPU slice the
+processes find each other by themselves (--distributed=off to stop that). Each process reads
+its own slice of every batch.
 """
 
 import os
@@ -32,6 +34,14 @@ flags.DEFINE_bool(
     "force", False, "Reuse a workdir holding a run of another architecture.", flag_values=FLAGS
 )
 flags.DEFINE_string("coordinator", None, "Multi-process: process 0's HOST:PORT.", flag_values=FLAGS)
+flags.DEFINE_enum(
+    "distributed",
+    "",
+    ["", "auto", "off"],
+    "Multi-process without --coordinator: auto joins as JAX detects the cluster (SLURM, Open "
+    "MPI, TPU slices), which a job of several tasks there does by default; off: one process.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_integer(
     "num_processes", None, "Multi-process: how many processes in all.", flag_values=FLAGS
 )
@@ -66,7 +76,9 @@ def main(owns_process: bool = False) -> None:
     workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
     # jax.distributed.initialize must come before anything starts a JAX backend.
     distributed.initialize(
-        distributed.settings(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+        distributed.settings(
+            FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id, mode=FLAGS.distributed
+        )
     )
     import jax
 

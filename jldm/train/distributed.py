@@ -1,5 +1,9 @@
 """Multi-process (multi-host) runs: jax.distributed.initialize from flags or the environment.
 
+Explicit settings (--coordinator, --num_processes, --process_id, or JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID) come first. Without them, a job of several tasks under SLURM,
+Open MPI or on a multi-host TPU slice joins by JAX's own cluster detection (AUTO), as does
+--distributed=auto anywhere; --distributed=off keeps one process.
 Must run before anything touches a JAX backend (jax.devices, an array, a jit call).
 """
 
@@ -12,6 +16,32 @@ from jldm.errors import UserError
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
+
+
+# Join by jax.distributed.initialize()'s own cluster detection.
+AUTO = "auto"
+MODES = ("", "auto", "off")
+
+
+def _count(env: Mapping[str, str], *names: str) -> int:
+    for name in names:
+        try:
+            return int(env.get(name, ""))
+        except ValueError:
+            continue
+    return 1
+
+
+def cluster(env: Mapping[str, str]) -> str | None:
+    """The multi-process cluster environment this process runs in, or None."""
+    # A job step (srun) of several tasks; a batch script or salloc shell alone is one process.
+    if env.get("SLURM_STEP_ID") and _count(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS") > 1:
+        return "SLURM"
+    if _count(env, "OMPI_COMM_WORLD_SIZE") > 1:
+        return "Open MPI"
+    if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]) > 1:
+        return "a multi-host TPU slice"
+    return None
 
 
 class Settings(NamedTuple):
@@ -36,9 +66,22 @@ def settings(
     num_processes: int | None = None,
     process_id: int | None = None,
     environ: Mapping[str, str] | None = None,
-) -> Settings | None:
-    """Flags, else the JAX_COORDINATOR_ADDRESS/NUM_PROCESSES/PROCESS_ID env; None: one process."""
+    mode: str = "",
+) -> Settings | str | None:
+    """Flags, else the JAX_COORDINATOR_ADDRESS/NUM_PROCESSES/PROCESS_ID env; else AUTO in a
+    cluster (or with mode "auto"); None: one process. mode "off": always None."""
     env = os.environ if environ is None else environ
+    if mode not in MODES:
+        raise UserError(f"--distributed={mode!r}: use auto or off (or leave it out)")
+    if mode == "off":
+        return None
+    explicit = _explicit(coordinator, num_processes, process_id, env)
+    if explicit is not None:
+        return explicit
+    return AUTO if mode == "auto" or cluster(env) else None
+
+
+def _explicit(coordinator, num_processes, process_id, env) -> Settings | None:
     coordinator = coordinator or env.get(ENV_COORDINATOR) or None
     if num_processes is None:
         num_processes = _int(env.get(ENV_NUM_PROCESSES), ENV_NUM_PROCESSES, "--num_processes")
@@ -74,24 +117,28 @@ def settings(
     return Settings(coordinator, num_processes, process_id)
 
 
-def initialize(s: Settings | None, timeout_s: int = 300) -> None:
-    """Join the run described by s (None: single process, nothing to do)."""
-    if s is None or s.num_processes == 1:
+def initialize(s: Settings | str | None, timeout_s: int = 300) -> None:
+    """Join the run described by s (None: single process, nothing to do; AUTO: as JAX detects)."""
+    if s is None or (s != AUTO and s.num_processes == 1):
         return
     import jax
 
+    # Process 0 alone samples the final grid after training while the others wait for it at
+    # exit; the default 300 s ends a finished run with an abort on slow hosts.
+    timeouts = {"initialization_timeout": timeout_s, "shutdown_timeout_seconds": 3600}
     try:
-        jax.distributed.initialize(
-            s.coordinator,
-            s.num_processes,
-            s.process_id,
-            initialization_timeout=timeout_s,
-            # Process 0 alone samples the final grid after training while the others wait for
-            # it at exit; the default 300 s ends a finished run with an abort on slow hosts.
-            shutdown_timeout_seconds=3600,
-        )
-    except RuntimeError as e:
+        if s == AUTO:
+            jax.distributed.initialize(**timeouts)
+        else:
+            jax.distributed.initialize(s.coordinator, s.num_processes, s.process_id, **timeouts)
+    except (RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if s == AUTO:
+            raise UserError(
+                f"cannot join a multi-process run from the environment ({first[:160]}): run "
+                "under SLURM, Open MPI or on a TPU slice, or pass --coordinator, --num_processes "
+                "and --process_id (--distributed=off for one process)"
+            ) from None
         raise UserError(
             f"cannot join the run at {s.coordinator} as process {s.process_id} of "
             f"{s.num_processes} ({first[:160]}): check that every process got the same "
