@@ -153,6 +153,7 @@ def test_fsdp_step_matches_the_replicated_step_and_checkpoints_split(tmp_path):
 
     mngr = checkpoint.manager(str(tmp_path / "w"))
     checkpoint.save(mngr, fsdp, {"step": 3})
+    mngr.wait_until_finished()
     abstract = jax.tree_util.tree_map(
         lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), fsdp, shardings
     )

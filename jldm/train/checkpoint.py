@@ -29,20 +29,22 @@ def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.Checkpo
         max_to_keep=keep,
         create=not read_only,
         read_only=read_only,
-        enable_async_checkpointing=False,
+        # Writes go on in the background while training continues; save() returns once the
+        # arrays are copied off the device, and fit waits for the last write before it ends.
+        enable_async_checkpointing=not read_only,
         multiprocessing_options=alone if read_only else ocp.options.MultiprocessingOptions(),
     )
     return ocp.CheckpointManager(path, options=options)
 
 
 def save(mngr: ocp.CheckpointManager, state: TrainState, meta: dict) -> None:
-    """Write the state and a JSON of metadata (data position, config name) at state.step."""
+    """Start writing the state and a JSON of metadata (data position, config name) at
+    state.step; mngr.wait_until_finished() waits for the write (and the one before it)."""
     step = int(jax.device_get(state.step))
     mngr.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
     )
-    mngr.wait_until_finished()
 
 
 def _placed(abstract_state: TrainState) -> TrainState:

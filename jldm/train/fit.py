@@ -127,6 +127,7 @@ def fit(task: Task, workdir: str) -> Result:
                 bar.update(k)
                 bad = np.asarray(jax.device_get(metrics["nonfinite"]))
                 if bad.any() and not skip:
+                    mngr.wait_until_finished()
                     last = mngr.latest_step()
                     kept = (
                         "no checkpoint was written yet"
@@ -165,6 +166,7 @@ def fit(task: Task, workdir: str) -> Result:
                 if stop or stop_skipping:
                     break
     finally:
+        mngr.wait_until_finished()  # every checkpoint written before the loop returns or raises
         feeder.close()
         bar.close()
         writer.close()
