@@ -11,6 +11,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -389,3 +390,32 @@ def test_two_processes_train_like_one_with_the_same_global_batch(data_dir, tmp_p
     ):
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
         assert np.linalg.norm(y - x) <= 1e-5 * np.linalg.norm(x), np.abs(y - x).max()
+
+
+def test_a_part_of_the_state_is_restored_alone(tmp_path):
+    """jldm.load reads only the EMA params: the same arrays as the whole state's."""
+    from jldm.build.state import TrainState
+
+    p = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+    state = TrainState(
+        step=jnp.array(3, jnp.int32),
+        params=p,
+        ema_params=jax.tree_util.tree_map(lambda x: x * 2 + 1, p),
+        opt_state=(jnp.full(5, 7.0),),
+        rng=jax.random.PRNGKey(0),
+    )
+    writer = checkpoint.manager(str(tmp_path))
+    checkpoint.save(writer, state, {"step": 3})
+    writer.wait_until_finished()
+    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    reader = checkpoint.manager(str(tmp_path), read_only=True)
+    whole, _ = checkpoint.restore(reader, abstract)
+    for part in ("ema_params", "params"):
+        for step in (None, 3):
+            got, meta = checkpoint.restore(reader, abstract, step, part=part)
+            assert meta == {"step": 3}
+            assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(p)
+            for a, b in zip(
+                jax.tree.leaves(got), jax.tree.leaves(getattr(whole, part)), strict=True
+            ):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

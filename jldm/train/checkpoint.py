@@ -20,7 +20,10 @@ CORRUPT_PREFIX = "corrupt-"
 
 def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
     """A CheckpointManager; only fully written (finalized) steps are listed and restored."""
-    path = os.path.join(os.path.abspath(workdir), "checkpoints")
+    return _manager(os.path.join(os.path.abspath(workdir), "checkpoints"), keep, read_only)
+
+
+def _manager(path, keep: int, read_only: bool) -> ocp.CheckpointManager:
     # A reader is one process's business (process 0 sampling the final grid, a notebook):
     # without this, orbax makes every process of a multi-process run meet in a barrier.
     me = jax.process_index()
@@ -65,8 +68,25 @@ def _placed(abstract_state: TrainState) -> TrainState:
 
 
 def _restore_step(
-    mngr: ocp.CheckpointManager, abstract_state: TrainState, step: int
+    mngr: ocp.CheckpointManager, abstract_state: TrainState, step: int, part: str | None = None
 ) -> tuple[TrainState, dict]:
+    if part is not None:
+        # Only this field of the TrainState is read: the EMA params of a notebook's run cost a
+        # quarter of the whole state (params, EMA and both Adam moments).
+        item = {part: _placed(getattr(abstract_state, part))}
+        # A manager of its own: one that restored whole states has tied "state" to them.
+        out = _manager(mngr.directory, 1, read_only=True).restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=item,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                    partial_restore=True,
+                ),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        return out.state[part], out.meta
     out = mngr.restore(
         step,
         args=ocp.args.Composite(
@@ -169,11 +189,17 @@ def _reason(e: BaseException) -> str:
 
 
 def restore(
-    mngr: ocp.CheckpointManager, abstract_state: TrainState, step: int | None = None
+    mngr: ocp.CheckpointManager,
+    abstract_state: TrainState,
+    step: int | None = None,
+    part: str | None = None,
 ) -> tuple[TrainState, dict]:
-    """Restore step into the shapes/shardings of abstract_state; None: see restore_latest."""
+    """Restore step into the shapes/shardings of abstract_state; None: see restore_latest.
+
+    part: the name of one TrainState field (e.g. "ema_params"): only it is read and returned.
+    """
     if step is None:
-        return restore_latest(mngr, abstract_state)
+        return restore_latest(mngr, abstract_state, part=part)
     steps = mngr.all_steps()
     if step not in steps:
         raise UserError(
@@ -181,7 +207,7 @@ def restore(
         )
     try:
         with quiet_abandoned_reads():
-            return _restore_step(mngr, abstract_state, step)
+            return _restore_step(mngr, abstract_state, step, part)
     except Exception as e:  # orbax and tensorstore raise plain Exception/ValueError on bad bytes
         raise UserError(
             f"checkpoint step {step} in {mngr.directory} cannot be read ({_reason(e)}): "
@@ -211,7 +237,10 @@ def _move_aside(mngr: ocp.CheckpointManager, steps: list[int]) -> list[str]:
 
 
 def restore_latest(
-    mngr: ocp.CheckpointManager, abstract_state: TrainState, move_aside: bool = False
+    mngr: ocp.CheckpointManager,
+    abstract_state: TrainState,
+    move_aside: bool = False,
+    part: str | None = None,
 ) -> tuple[TrainState, dict]:
     """Restore the newest checkpoint that can be read, falling back past unreadable ones.
 
@@ -227,7 +256,7 @@ def restore_latest(
     for step in steps:
         try:
             with quiet_abandoned_reads():
-                state, meta = _restore_step(mngr, abstract_state, step)
+                state, meta = _restore_step(mngr, abstract_state, step, part)
         except Exception as e:  # orbax/tensorstore raise plain Exception/ValueError on bad bytes
             bad.append((step, _reason(e)))
             continue
