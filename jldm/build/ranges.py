@@ -84,6 +84,7 @@ RANGES = {
     "seed": count(0),
     **{f"data.{k}": count(1) for k in ("resolution", "channels", "num_classes", "n_modes")},
     "data.radius": nonnegative(),
+    "data.threads": count(1),
     "data.std": positive(),
     **{
         f"model.{k}": count(1)

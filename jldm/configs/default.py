@@ -3,6 +3,17 @@
 import ml_collections
 
 
+def solver_settings(s: ml_collections.ConfigDict) -> None:
+    """The sample settings of the SDE samplers' last step and of dpmpp2m and heun, in s."""
+    s.denoise_final = True  # pc, em, ode: end on E[x0 | x_eps] (Tweedie), one more evaluation
+    s.sigma_max = 80.0  # dpmpp2m, heun: start at min(this, the process's largest sigma)
+    s.rho = 7.0  # heun: exponent of the Karras et al. sigma schedule
+    s.s_churn = 0.0  # heun: stochastic churn; 0 = the deterministic ODE solver
+    s.s_tmin = 0.0  # heun: churn only where s_tmin <= sigma <= s_tmax
+    s.s_tmax = float("inf")
+    s.s_noise = 1.0  # heun: scale of the churn noise
+
+
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -14,6 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
     d.resolution = 16
     d.channels = 1
     d.num_classes = 10
+    d.random_flip = False  # mirror about half of each batch left-right (by seed and step)
+    d.threads = 4  # worker threads that read and prepare the batches ahead of the step
 
     c.model = m = ml_collections.ConfigDict()
     m.channels = 64
@@ -100,11 +113,5 @@ def get_config() -> ml_collections.ConfigDict:
     s.guidance = 2.0
     s.per_class = 10
     s.eta = 0.0
-    s.denoise_final = True  # pc, em, ode: end on E[x0 | x_eps] (Tweedie), one more evaluation
-    s.sigma_max = 80.0  # dpmpp2m, heun: start at min(this, the process's largest sigma)
-    s.rho = 7.0  # heun: exponent of the Karras et al. sigma schedule
-    s.s_churn = 0.0  # heun: stochastic churn; 0 = the deterministic ODE solver
-    s.s_tmin = 0.0  # heun: churn only where s_tmin <= sigma <= s_tmax
-    s.s_tmax = float("inf")
-    s.s_noise = 1.0  # heun: scale of the churn noise
+    solver_settings(s)
     return c

@@ -6,6 +6,8 @@ sets the objective and its sampler and trains in seconds on a CPU.
 
 import ml_collections
 
+from jldm.configs import default
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -75,11 +77,5 @@ def get_config() -> ml_collections.ConfigDict:
     s.corrector_steps = 1  # pc
     s.ode_method = "rk4"  # ode: rk4 | heun
     s.eps = 1e-3  # pc, em and ode: the time sampling stops at
-    s.denoise_final = True  # pc, em, ode: end on E[x0 | x_eps] (Tweedie), one more evaluation
-    s.sigma_max = 80.0  # dpmpp2m, heun: start at min(this, the process's largest sigma)
-    s.rho = 7.0  # heun: exponent of the Karras et al. sigma schedule
-    s.s_churn = 0.0  # heun: stochastic churn; 0 = the deterministic ODE solver
-    s.s_tmin = 0.0  # heun: churn only where s_tmin <= sigma <= s_tmax
-    s.s_tmax = float("inf")
-    s.s_noise = 1.0  # heun: scale of the churn noise
+    default.solver_settings(s)
     return c

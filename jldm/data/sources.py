@@ -1,4 +1,5 @@
-"""Whole splits in memory as numpy, from our own builders or prepared TFDS catalog datasets."""
+"""Dataset splits from our own builders or prepared TFDS catalog datasets: read by index
+(open_split) or whole in memory as numpy (load_split)."""
 
 from __future__ import annotations
 
@@ -79,12 +80,16 @@ def load_split(
 
 @functools.lru_cache(maxsize=8)
 def _load_split_cached(name: str, split: str, data_dir: str, fashion_dir: str) -> Split:
+    return _read_split(_open(name, split, data_dir, fashion_dir))
+
+
+def _open(name: str, split: str, data_dir: str, fashion_dir: str) -> Records:
     if name in ("digits", "fashion_mnist"):
         builder = _own_builder(name, data_dir, fashion_dir)
     else:
         builder = _catalog_builder(name, data_dir)
     _check_split(name, split, builder.info.splits)
-    return _read_split(name, split, builder)
+    return _records(name, split, builder)
 
 
 def _own_builder(name: str, data_dir: str, fashion_dir: str) -> tfds.core.DatasetBuilder:
@@ -197,7 +202,51 @@ def _check_split(name: str, split: str, splits: Any) -> None:
             )
 
 
-def _read_split(name: str, split: str, builder: tfds.core.DatasetBuilder) -> Split:
+class Records:
+    """One split of a TFDS dataset read by index, nothing held in memory: rows(idx) decodes
+    only those records. image_shape [H, W, C] is the first record's; every record must match.
+    """
+
+    def __init__(self, name: str, source: Any, class_names: tuple[str, ...]):
+        self.name, self.source, self.class_names = name, source, class_names
+        first = np.asarray(source[0]["image"])
+        self.image_shape = first.shape if first.ndim == 3 else (*first.shape, 1)
+        if first.dtype != np.uint8 or len(self.image_shape) != 3:
+            raise UserError(
+                f"dataset '{name}' has {first.dtype} images of shape {first.shape}: "
+                "jldm needs uint8 [H, W, C] images"
+            )
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Records idx [n] -> images uint8 [n, H, W, C], labels int32 [n]."""
+        records = self.source.__getitems__([int(i) for i in idx])
+        if any(np.shape(r["image"])[:2] != self.image_shape[:2] for r in records):
+            raise UserError(
+                f"dataset '{self.name}' has images of different sizes: jldm needs one image size"
+            )
+        images = np.stack([r["image"] for r in records]).reshape(len(records), *self.image_shape)
+        return images, np.asarray([r["label"] for r in records], np.int32)
+
+
+def open_split(
+    name: str,
+    split: str,
+    data_dir: str | os.PathLike,
+    fashion_dir: str | os.PathLike = DEFAULT_FASHION_DIR,
+) -> Records:
+    """A split read by index (see load_split for name); a missing dataset fails at once."""
+    fashion = _path(fashion_dir) if name == "fashion_mnist" else ""
+    return _open(name, split, _path(data_dir), fashion)
+
+
+def _records(name: str, split: str, builder: tfds.core.DatasetBuilder) -> Records:
     features = builder.info.features
     missing = [k for k in ("image", "label") if k not in features]
     if missing:
@@ -212,38 +261,26 @@ def _read_split(name: str, split: str, builder: tfds.core.DatasetBuilder) -> Spl
             f"split '{split}' of dataset '{name}' is not TFDS split syntax: "
             "write e.g. train, train[:90%] or train+test"
         ) from e
-    n = len(source)
-    if n == 0:
+    if len(source) == 0:
         raise UserError(f"split '{split}' of dataset '{name}' is empty: pick a larger split")
-
-    first = np.asarray(source[0]["image"])
-    images = np.empty((n, *first.shape), first.dtype)
-    labels = np.empty((n,), np.int64)
-    for start in range(0, n, _READ_CHUNK):
-        stop = min(n, start + _READ_CHUNK)
-        records = source.__getitems__(list(range(start, stop)))
-        if any(np.shape(r["image"]) != first.shape for r in records):
-            raise UserError(
-                f"dataset '{name}' has images of different sizes: jldm needs one image size"
-            )
-        images[start:stop] = np.stack([r["image"] for r in records])
-        labels[start:stop] = [r["label"] for r in records]
-
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise UserError(
-            f"dataset '{name}' has {images.dtype} images of shape {images.shape[1:]}: "
-            "jldm needs uint8 [H, W, C] images"
-        )
     label_feature = features["label"]
     if isinstance(label_feature, tfds.features.ClassLabel) and label_feature.names:
         class_names = tuple(label_feature.names)
     else:
-        class_names = tuple(str(i) for i in range(int(labels.max()) + 1))
+        class_names = ()  # known once the labels are read
+    return Records(name, source, class_names)
+
+
+def _read_split(records: Records) -> Split:
+    n = len(records)
+    images = np.empty((n, *records.image_shape), np.uint8)
+    labels = np.empty((n,), np.int32)
+    for start in range(0, n, _READ_CHUNK):
+        stop = min(n, start + _READ_CHUNK)
+        images[start:stop], labels[start:stop] = records.rows(np.arange(start, stop))
+    class_names = records.class_names or tuple(str(i) for i in range(int(labels.max()) + 1))
     # Cached splits are shared by every caller in the process, so nobody may mutate them.
     images.flags.writeable = False
-    labels = labels.astype(np.int32)
     labels.flags.writeable = False
     return Split(images=images, labels=labels, class_names=class_names)
 

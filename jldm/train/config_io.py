@@ -13,6 +13,8 @@ _ARCHITECTURE = ("model", "diffusion", "data", "text", "stage1")
 # Keys inside those sections that change how (or how long) steps run, not what a checkpoint holds.
 _RUNTIME_ONLY = {
     "model.remat",
+    "data.threads",
+    "data.random_flip",
     *(f"stage1.{k}" for k in ("steps", "log_every", "checkpoint_every", "keep_checkpoints")),
     "stage1.skip_nonfinite",
     "stage1.max_skipped_fraction",

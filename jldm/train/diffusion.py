@@ -13,13 +13,14 @@ from jldm.build.noise import build_schedule
 from jldm.build.objectives import build_loss
 from jldm.build.state import abstract_state, create_state, make_optimizer
 from jldm.build.text import condition_fn
+from jldm.data.stream import Source
 from jldm.errors import UserError
 from jldm.eval import make_grid, sample_quality, save_grid
 from jldm.eval.grid import readable_scale
 from jldm.sampling.pipeline import make_generator
 from jldm.sampling.run import Loaded, Stage1, conditions
 from jldm.train.fit import Task, Watched
-from jldm.train.inputs import array_batches
+from jldm.train.inputs import as_source, source_batches
 from jldm.train.sharding import batch_sharding, check_batch, make_mesh, state_sharding
 from jldm.train.step import make_train_step, make_update
 
@@ -27,11 +28,12 @@ from jldm.train.step import make_train_step, make_update
 def diffusion_task(
     config: ml_collections.ConfigDict,
     workdir: str,
-    data: tuple[np.ndarray, np.ndarray],
+    data: Source | tuple[np.ndarray, np.ndarray],
     stage1: Stage1 | None = None,
     meta: dict | None = None,
 ) -> Task:
-    """The task of config on data = (inputs [N,H,W,C] in model space, labels [N]).
+    """The task of config on data: a source of (inputs [n,H,W,C] in model space, labels [n])
+    rows (training_source streams a split from disk), or those arrays in memory.
 
     stage1: the autoencoder of a latent run (its latents are the inputs); meta: extra JSON
     kept with every checkpoint.
@@ -51,15 +53,16 @@ def diffusion_task(
     abstract = jax.tree_util.tree_map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
     )
-    images, labels = data
-    inputs = array_batches(
-        images,
-        labels,
+    source = as_source(data)
+    inputs = source_batches(
+        source,
         config.seed,
         t.batch_size,
         t.get("steps_per_call", 1),
         batch_sharding(mesh, 1),
         condition_fn(config),
+        random_flip=config.data.get("random_flip", False),
+        threads=config.data.get("threads", 4),
     )
 
     def ema_run(state) -> Loaded | None:
@@ -72,7 +75,7 @@ def diffusion_task(
         ema = jax.device_get(ema)
         return Loaded(config, model, ema, build_schedule(config), int(state.step), stage1)
 
-    watcher = Watcher(config, workdir, images)
+    watcher = Watcher(config, workdir, source)
 
     def finish(state) -> None:
         run = ema_run(state)
@@ -105,18 +108,6 @@ def diffusion_task(
     )
 
 
-def _grid_inputs(run: Loaded, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """Labels (config.sample.per_class per class) and, for super-resolution, the low-resolution
-    training images the grid sharpens."""
-    config = run.config
-    labels = np.repeat(np.arange(config.data.num_classes), config.sample.per_class)
-    low_res, f = None, sr_factor(config)
-    if f > 1:
-        low_res = np.asarray(downsample(images[: len(labels)], f))
-        labels = labels[: len(low_res)]
-    return labels, low_res
-
-
 _QUALITY_DATASETS = ("digits", "fashion_mnist")
 
 
@@ -127,8 +118,8 @@ class Watcher:
     config's sampler and seed throughout, so grids of one run differ only by the training
     between them; each sampler is compiled once, its params an argument."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str, images: np.ndarray):
-        self.config, self.workdir, self.images = config, workdir, images
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, source: Source):
+        self.config, self.workdir, self.source = config, workdir, source
         d = config.data
         self.num = config.train.get("sample_quality", 0)
         self.scored = self.num and d.name in _QUALITY_DATASETS and sr_factor(config) == 1
@@ -156,7 +147,8 @@ class Watcher:
         labels = np.repeat(np.arange(config.data.num_classes), config.sample.per_class)
         low_res, f = None, sr_factor(config)
         if f > 1:
-            low_res = np.asarray(downsample(self.images[: len(labels)], f))
+            first = self.source.rows(np.arange(min(len(labels), len(self.source))))[0]
+            low_res = np.asarray(downsample(first, f))
             labels = labels[: len(low_res)]
         return self._sample(run, "grid", labels, low_res, config.seed)
 
