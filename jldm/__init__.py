@@ -3,6 +3,8 @@
 from jldm.api import (
     Loaded,
     bits_per_dim,
+    decode,
+    encode,
     generate,
     load,
     load_pretrained,
@@ -14,6 +16,8 @@ from jldm.api import (
 __all__ = [
     "Loaded",
     "bits_per_dim",
+    "decode",
+    "encode",
     "generate",
     "load",
     "load_pretrained",

@@ -7,6 +7,12 @@ objective, sampler, NFE, compile and sampling seconds, images/s, the training sp
 the run's metrics (median steps/s, and for a latent run its stage 1's too), class accuracy and
 Frechet distance in the project's classifier space (a text-conditional run is prompted with each
 class's first caption), and bits/dim of the test split where the objective defines it.
+
+A VAE run (configs/*_vae.py) gets a row of the same columns: its sampler is the prior (one
+decoder pass per image, whatever --nfe), its bits/dim the importance-weighted bound with
+--iwae_samples draws (elbo_bpd: the negative ELBO's), on the same dequantised test images, and
+bpd_nfe the decoder passes per image (times the classes: a conditional VAE's p(x) is
+marginalised over them, as the diffusion runs are scored unconditionally).
 """
 
 import json
@@ -30,6 +36,11 @@ flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("bpd_images", 256, "Test images for bits/dim (0 skips it).")
 flags.DEFINE_integer("bpd_steps", 0, "Fixed RK4 steps of the likelihood ODE (0: adaptive).")
 flags.DEFINE_float("bpd_tol", 1e-5, "Tolerance of the adaptive likelihood ODE solver.")
+flags.DEFINE_integer(
+    "iwae_samples",
+    None,
+    "VAE runs: importance samples K (default: each config's vae.iwae_samples).",
+)
 flags.DEFINE_string("out", "compare", "Output prefix: OUT.md and OUT.jsonl.")
 FLAGS = flags.FLAGS
 
@@ -45,7 +56,10 @@ COLUMNS = [
     ("stage1_steps_s", "{:.2f}"),
     ("class_accuracy", "{:.3f}"),
     ("frechet", "{:.2f}"),
+    ("precision", "{:.3f}"),
+    ("recall", "{:.3f}"),
     ("bits_per_dim", "{:.3f}"),
+    ("elbo_bpd", "{:.3f}"),
     ("bpd_nfe", "{:.0f}"),
     ("ae_psnr", "{:.2f}"),
 ]
@@ -85,6 +99,59 @@ def autoencoder_error(run: api.Loaded, num: int = 500) -> dict:
     }
 
 
+def timed(gen, seed: int) -> tuple[np.ndarray, float, float]:
+    """(images, compile seconds, sampling seconds) of one call of a Generator."""
+    key = jax.random.PRNGKey(seed)
+    t0 = time.perf_counter()
+    compiled = gen.fn.lower(*gen.args(key)).compile()
+    t1 = time.perf_counter()
+    images = np.asarray(jax.block_until_ready(compiled(*gen.args(key))))
+    return images, t1 - t0, time.perf_counter() - t1
+
+
+def vae_row(run: api.Loaded, per_class: int, seed: int, bpd_images: int, samples: int | None):
+    """The figures of a VAE run: prior samples timed, their quality, its bits/dim bounds."""
+    from jldm.build.vae import is_conditional
+    from jldm.eval.quality import sample_quality
+    from jldm.sampling.vae import prior_generator
+    from jldm.sampling.vae_likelihood import eval_pixels, has_density, vae_bits_per_dim
+
+    config = run.config
+    d = config.data
+    labels = np.repeat(np.arange(d.num_classes, dtype=np.int32), per_class)
+    gen = prior_generator(run, labels, temperature=config.sample.temperature)
+    images, compile_s, sample_s = timed(gen, seed)
+    row = {
+        "objective": "vae",
+        "parameterization": config.model.likelihood,
+        "sampler": "prior",
+        "steps": 1,
+        "nfe": 1,
+        "compile_s": compile_s,
+        "sample_s": sample_s,
+        "images_s": len(labels) / sample_s,
+        "num_samples": len(labels),
+    }
+    if d.name in ("digits", "fashion_mnist"):
+        cond = labels if is_conditional(config) else None
+        q = sample_quality(images, cond, d.name, d.data_dir, d.fashion_dir)
+        row.update({k: q.get(k) for k in ("class_accuracy", "frechet", "precision", "recall")})
+    if bpd_images > 0 and has_density(config):
+        pixels, _ = eval_pixels(config, bpd_images)
+        out = vae_bits_per_dim(run, pixels, seed=seed, samples=samples)
+        prefix = "" if out["data"] == "8-bit" else "binary_"  # binary: not the same data
+        row.update(
+            {
+                f"{prefix}bits_per_dim": float(np.mean(out["iwae"])),
+                f"{prefix}elbo_bpd": float(np.mean(out["elbo"])),
+                "bpd_images": len(pixels),
+                "bpd_nfe": float(out["decoder_evals"]),
+                "iwae_samples": out["samples"],
+            }
+        )
+    return row
+
+
 def compare_one(
     workdir: str,
     nfe: int,
@@ -94,12 +161,22 @@ def compare_one(
     bpd_images: int,
     bpd_steps: int = 0,
     bpd_tol: float = 1e-5,
+    iwae_samples: int | None = None,
 ) -> dict:
     """One row of the table for the run in workdir (guidance None: the run's config)."""
-    from jldm.data import load_split, preprocess, to_unit
+    from jldm.build.vae import is_vae
     from jldm.eval.quality import sample_quality
+    from jldm.sampling.vae_likelihood import eval_pixels
 
     run = api.load(workdir)
+    base = {
+        "run": os.path.basename(os.path.normpath(workdir)),
+        "workdir": workdir,
+        "step": run.step,
+        "train_steps_s": train_speed(workdir),
+    }
+    if is_vae(run.config):
+        return {**base, **vae_row(run, per_class, seed, bpd_images, iwae_samples)}
     d, s = run.config.data, run.config.sample
     stage1_speed = None
     if run.stage1 is not None:
@@ -113,39 +190,29 @@ def compare_one(
     gen = api.make_generator(
         run, api.conditions(run, labels), sampler=s.sampler, steps=steps, guidance=g, eta=s.eta
     )
-    key = jax.random.PRNGKey(seed)
-    t0 = time.perf_counter()
-    compiled = gen.fn.lower(*gen.args(key)).compile()
-    t1 = time.perf_counter()
-    images = np.asarray(jax.block_until_ready(compiled(*gen.args(key))))
-    t2 = time.perf_counter()
+    images, compile_s, sample_s = timed(gen, seed)
     row = {
-        "run": os.path.basename(os.path.normpath(workdir)),
-        "workdir": workdir,
-        "step": run.step,
+        **base,
         "objective": run.config.diffusion.objective,
         "parameterization": run.config.diffusion.parameterization,
         "sampler": s.sampler,
         "steps": steps,
         "nfe": samplers.nfe(run.config, s.sampler, steps, g),
         "guidance": g,
-        "compile_s": t1 - t0,
-        "sample_s": t2 - t1,
-        "images_s": len(labels) / (t2 - t1),
-        "train_steps_s": train_speed(workdir),
+        "compile_s": compile_s,
+        "sample_s": sample_s,
+        "images_s": len(labels) / sample_s,
         "stage1_steps_s": stage1_speed,
         "num_samples": len(labels),
         "bits_per_dim": None,
     }
     if d.name in ("digits", "fashion_mnist"):
         q = sample_quality(images, labels, d.name, d.data_dir, d.fashion_dir)
-        row.update(class_accuracy=q["class_accuracy"], frechet=q["frechet"])
+        row.update({k: q.get(k) for k in ("class_accuracy", "frechet", "precision", "recall")})
     if run.stage1 is not None:
         row.update(autoencoder_error(run))
     if bpd_images > 0 and build_sde(run.config) is not None:
-        test = load_split(d.name, "test", d.data_dir, d.fashion_dir)
-        x01 = to_unit(preprocess(test.images[:bpd_images], d.resolution))
-        u8 = np.round(x01 * 255.0).astype(np.uint8)  # the test split rendered at 8 bits
+        u8, _ = eval_pixels(run.config, bpd_images)  # the test split rendered at 8 bits
         bpd, bpd_nfe = api.bits_per_dim(
             run, u8, seed=seed, steps=bpd_steps or None, tol=bpd_tol, with_nfe=True
         )
@@ -186,6 +253,7 @@ def main(workdirs: list[str]) -> None:
             FLAGS.bpd_images,
             FLAGS.bpd_steps,
             FLAGS.bpd_tol,
+            FLAGS.iwae_samples,
         )
         rows.append(row)
         print(json.dumps(row), flush=True)

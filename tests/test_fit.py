@@ -1,7 +1,7 @@
 """One loop, one reliability policy: every task (pixel diffusion, stage-1 autoencoder, latent
-diffusion, toy densities) stops cleanly on SIGTERM and resumes bit for bit, and refuses or skips
-NaN steps keeping its last good checkpoint. (A real SIGKILL and a real SIGTERM from outside are
-in test_reliability.py and test_cli.py.)"""
+diffusion, toy densities, the VAE) stops cleanly on SIGTERM and resumes bit for bit, and refuses
+or skips NaN steps keeping its last good checkpoint. (A real SIGKILL and a real SIGTERM from
+outside are in test_reliability.py and test_cli.py.)"""
 
 import dataclasses
 import importlib
@@ -22,12 +22,14 @@ from jldm.train.diffusion import diffusion_task
 from jldm.train.fit import TrainingDiverged, fit
 from jldm.train.inputs import load_training_images
 from jldm.train.toy import toy_task
+from jldm.train.vae import vae_task
 from tests.test_ldm import tiny_ldm
+from tests.test_vae_run import tiny_vae
 from tests.tiny import tiny_config
 
 real_density = toy.build_density
 
-KINDS = ["pixel", "stage1", "latent", "toy"]
+KINDS = ["pixel", "stage1", "latent", "toy", "vae"]
 # Two steps, a checkpoint after each: a stop, a NaN or a resume at step 1 of 2 (the toy, which
 # fuses two steps per call, runs four).
 SCHEDULE = {"steps": 2, "checkpoint_every": 1, "log_every": 1}
@@ -61,6 +63,10 @@ def _config(kind: str, root, stage1_folder: str | None, **schedule):
     elif kind == "pixel":
         c = tiny_config(data_dir)
         section = c.train
+    elif kind == "vae":
+        c = tiny_vae(data_dir)
+        c.vae.eval_images = 0  # its evaluation is not what these tests check: skip its compile
+        section = c.train
     else:
         c = tiny_ldm(data_dir)
         c.stage1.workdir = stage1_folder or ""
@@ -85,6 +91,8 @@ def _run(kind, config, workdir, wrap):
         task = toy_task(config, workdir)
     elif kind == "pixel":
         task = diffusion_task(config, workdir, load_training_images(config))
+    elif kind == "vae":
+        task = vae_task(config, workdir, load_training_images(config))
     else:
         task = stage1_task(config, workdir, *load_training_images(config))
     return fit(wrap(task), workdir)

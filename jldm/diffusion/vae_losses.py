@@ -2,7 +2,8 @@
 
 Two families:
 - the VAE ELBO, E_q[log p(x|z)] - KL(q(z|x) || N(0, I)), with a Gaussian or Bernoulli
-  likelihood and L Monte Carlo samples of z = mean + std * eps;
+  likelihood and L Monte Carlo samples of z = mean + std * eps (the importance-weighted bound
+  that tightens it is in vae_bounds);
 - the LDM autoencoder loss: L1/L2 reconstruction + perceptual distance + kl_weight * KL, plus
   a PatchGAN term whose weight adapts to the gradients at the decoder's last layer and is zero
   before a start step; and the discriminator's hinge loss.
@@ -43,49 +44,99 @@ def bernoulli_log_likelihood(x: jax.Array, logits: jax.Array) -> jax.Array:
     return _sum_but_batch(x * logits - jax.nn.softplus(logits))
 
 
-def make_elbo_loss(
-    encode_fn: Callable[[Params, jax.Array], tuple[jax.Array, jax.Array]],
-    decode_fn: Callable[[Params, jax.Array], jax.Array],
-    likelihood: str = "gaussian",
-    num_samples: int = 1,
-    obs_logvar: float | Callable[[Params], jax.Array] = 0.0,
-) -> Callable:
-    """Negative ELBO in nats per example, averaged over the batch.
+# encode_fn(params, x [B,...], *cond) -> (mean, logvar) of q(z|x), each [B, ...z].
+EncodeFn = Callable[..., tuple[jax.Array, jax.Array]]
+# decode_fn(params, z [N, ...z], *cond) -> [N, ...x], or (mean, logvar) for a Gaussian whose
+# variance the decoder emits.
+DecodeFn = Callable[..., jax.Array | tuple[jax.Array, jax.Array]]
 
-    encode_fn(params, x [B,...]) -> (mean, logvar) of q(z|x), each [B, ...z];
-    decode_fn(params, z [N, ...z]) -> [N, ...x]: the mean of p(x|z) for "gaussian", its logits
-    for "bernoulli" (then batch["image"] must lie in [0, 1]).
-    obs_logvar: the Gaussian likelihood's log-variance, fixed (a float; 0 gives 0.5 * squared
-    error + const) or learned (a function of params returning an array broadcastable to x).
-    Returns loss_fn(params, rng, batch) -> (loss, metrics), batch = {"image": [B, ...]}; the
-    metrics hold the ELBO, E_q[log p(x|z)] (num_samples-sample average) and the KL.
-    """
+
+def check_likelihood(likelihood: str, num_samples: int) -> None:
+    """ValueError for an unknown likelihood or fewer than one sample."""
     if likelihood not in ("gaussian", "bernoulli"):
         raise ValueError(f"likelihood={likelihood!r}: use gaussian or bernoulli")
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be >= 1")
 
+
+def posterior_draws(
+    encode_fn: EncodeFn, params: Params, key: jax.Array, x: jax.Array, cond: tuple, num_samples: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(mean, logvar) of q(z|x) [B,...z] and z = mean + std * eps, [K, B, ...z]."""
+    mean, logvar = encode_fn(params, x, *cond)
+    eps = jax.random.normal(key, (num_samples, *mean.shape), mean.dtype)
+    return mean, logvar, mean[None] + jnp.exp(0.5 * logvar)[None] * eps
+
+
+def draw_log_likelihoods(
+    decode_fn: DecodeFn,
+    likelihood: str,
+    obs_logvar: float | Callable[[Params], jax.Array],
+    params: Params,
+    x: jax.Array,
+    z: jax.Array,
+    cond: tuple,
+) -> jax.Array:
+    """log p(x|z) for every draw: x [B,...], z [K,B,...z] -> [K, B]."""
+    k, b = z.shape[:2]
+    flat = z.reshape(k * b, *z.shape[2:])
+    # Draw-major order: row i * B + j is draw i of example j, so conditions repeat as a block.
+    reps = tuple(jnp.tile(c, (k,) + (1,) * (c.ndim - 1)) for c in cond)
+    out = decode_fn(params, flat, *reps)
+    xs = jnp.broadcast_to(x[None], (k, *x.shape)).reshape(k * b, *x.shape[1:])
+    if likelihood == "bernoulli":
+        ll = bernoulli_log_likelihood(xs, out)
+    elif isinstance(out, tuple):
+        ll = gaussian_log_likelihood(xs, *out)
+    else:
+        lv = obs_logvar(params) if callable(obs_logvar) else jnp.asarray(obs_logvar)
+        ll = gaussian_log_likelihood(xs, out, lv)
+    return ll.reshape(k, b)
+
+
+def make_elbo_loss(
+    encode_fn: EncodeFn,
+    decode_fn: DecodeFn,
+    likelihood: str = "gaussian",
+    num_samples: int = 1,
+    obs_logvar: float | Callable[[Params], jax.Array] = 0.0,
+    kl_weight: float | Callable[[dict], jax.Array] = 1.0,
+    conditional: bool = False,
+) -> Callable:
+    """Negative ELBO in nats per example, averaged over the batch.
+
+    encode_fn(params, x [B,...]) -> (mean, logvar) of q(z|x), each [B, ...z];
+    decode_fn(params, z [N, ...z]) -> [N, ...x]: the mean of p(x|z) for "gaussian" (or a tuple
+    (mean, logvar) when the decoder emits the variance), its logits for "bernoulli" (then
+    batch["image"] must lie in [0, 1]).
+    obs_logvar: the Gaussian likelihood's log-variance when the decoder does not emit it, fixed
+    (a float; 0 gives 0.5 * squared error + const) or learned (a function of params returning
+    an array broadcastable to x).
+    kl_weight: the KL's weight in the loss, a float or a function of the batch (a warm-up reads
+    batch["step"]); the reported ELBO always weighs it 1.
+    conditional: both networks also take batch["label"] ([B], repeated per draw for decode_fn).
+    Returns loss_fn(params, rng, batch) -> (loss, metrics), batch = {"image": [B, ...]}; the
+    metrics hold the ELBO, E_q[log p(x|z)] (num_samples-sample average), the KL and its weight.
+    """
+    check_likelihood(likelihood, num_samples)
+
     def loss_fn(params: Params, rng: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
         x = batch["image"]
-        mean, logvar = encode_fn(params, x)
-        eps = jax.random.normal(rng, (num_samples, *mean.shape), mean.dtype)
-        z = mean[None] + jnp.exp(0.5 * logvar)[None] * eps
-        out = decode_fn(params, z.reshape(-1, *mean.shape[1:]))
-        xs = jnp.broadcast_to(x[None], (num_samples, *x.shape)).reshape(-1, *x.shape[1:])
-        if likelihood == "gaussian":
-            lv = obs_logvar(params) if callable(obs_logvar) else jnp.asarray(obs_logvar)
-            ll = gaussian_log_likelihood(xs, out, lv)
-        else:
-            ll = bernoulli_log_likelihood(xs, out)
-        ll = jnp.mean(ll.reshape(num_samples, -1), axis=0)
+        cond = (batch["label"],) if conditional else ()
+        mean, logvar, z = posterior_draws(encode_fn, params, rng, x, cond, num_samples)
+        ll = jnp.mean(
+            draw_log_likelihoods(decode_fn, likelihood, obs_logvar, params, x, z, cond), axis=0
+        )
         kl = gaussian_kl(mean, logvar)
+        w = kl_weight(batch) if callable(kl_weight) else kl_weight
         elbo = ll - kl
-        loss = -jnp.mean(elbo)
+        loss = -jnp.mean(ll - w * kl)
         return loss, {
             "loss": loss,
             "elbo": jnp.mean(elbo),
             "log_likelihood": jnp.mean(ll),
             "kl": jnp.mean(kl),
+            "kl_weight": jnp.asarray(w, jnp.float32),
         }
 
     return loss_fn

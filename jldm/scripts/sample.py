@@ -226,6 +226,7 @@ def _sample_shards(workdir: str) -> None:
     """sample.py --batch_size B --num N: N samples as uint8 shards in the folder --out."""
     import jldm
     from jldm.build import samplers
+    from jldm.build.vae import is_vae
     from jldm.errors import UserError
     from jldm.sampling.shards import sample_shards
     from jldm.train.workdir import check_writable_folder
@@ -236,6 +237,8 @@ def _sample_shards(workdir: str) -> None:
     if FLAGS.num is None:
         raise UserError("--batch_size needs --num, the total number of samples (e.g. 50000)")
     run = jldm.load(workdir, FLAGS.step)
+    if is_vae(run.config):
+        raise UserError("--batch_size is for diffusion runs: drop it for a VAE run")
     out = os.path.abspath(os.path.expanduser(FLAGS.out or os.path.join(workdir, "shards")))
     check_writable_folder(out, "--out")
     s, d = run.config.sample, run.config.data
@@ -302,6 +305,7 @@ def main(owns_process: bool = False) -> None:
 
     import jldm
     from jldm.build import samplers
+    from jldm.build.vae import is_vae
     from jldm.errors import UserError
     from jldm.eval import save_grid
 
@@ -324,6 +328,20 @@ def main(owns_process: bool = False) -> None:
     out = _writable_prefix(FLAGS.out or os.path.join(workdir, "samples"))
     s, d = run.config.sample, run.config.data
     per_class = s.per_class if FLAGS.num is None else FLAGS.num
+    if is_vae(run.config):
+        from jldm.sampling.vae import sample_vae_run
+
+        refused = ("sampler", "steps", "guidance", "eta", "prompt", "source", "mask", "low_res")
+        sample_vae_run(
+            run,
+            out,
+            labels=_labels(d.num_classes, FLAGS.classes, per_class),
+            per_class=per_class,
+            seed=FLAGS.seed,
+            metrics=FLAGS.metrics,
+            unused={flag: FLAGS[flag].value for flag in refused},
+        )
+        return
     prompts = None
     if FLAGS.prompt:
         prompts = [p for p in FLAGS.prompt for _ in range(per_class)]

@@ -9,7 +9,7 @@ import ml_collections
 from jldm.errors import UserError
 
 # Sections that define what a checkpoint is; a workdir keeps them fixed across restarts.
-_ARCHITECTURE = ("model", "diffusion", "data", "text", "stage1")
+_ARCHITECTURE = ("model", "diffusion", "data", "text", "stage1", "vae")
 # Keys inside those sections that change how (or how long) steps run, not what a checkpoint holds.
 _RUNTIME_ONLY = {
     "model.remat",

@@ -7,6 +7,8 @@ import ml_collections
 
 from jldm.build import ranges
 from jldm.build.model import is_latent
+from jldm.build.vae import check_config as check_vae_config
+from jldm.build.vae import is_vae
 from jldm.train import workdir as run_folder
 from jldm.train.config_io import check_config_change, write_config
 from jldm.train.fit import check_section, fit
@@ -15,8 +17,8 @@ from jldm.train.fit import check_section, fit
 def train(config: ml_collections.ConfigDict, workdir: str, force: bool = False) -> bool:
     """Train config in workdir, resuming from its latest checkpoint.
 
-    Toy densities, latent diffusion (both stages) or pixel diffusion, by config. Returns True
-    when training is complete, False when stopped early by SIGTERM/SIGINT (after writing a
+    Toy densities, a VAE, latent diffusion (both stages) or pixel diffusion, by config. Returns
+    True when training is complete, False when stopped early by SIGTERM/SIGINT (after writing a
     checkpoint). Raises TrainingDiverged on a NaN/Inf step unless train.skip_nonfinite, without
     writing the poisoned state. Everything that can be refused is refused before the first
     write, and one process at a time trains in a workdir.
@@ -30,6 +32,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, force: bool = False) 
         from jldm.train.toy import check_config
 
         check_config(config)
+    elif is_vae(config):
+        check_vae_config(config)
     else:
         _check(config)
     main = jax.process_index() == 0
@@ -42,10 +46,21 @@ def train(config: ml_collections.ConfigDict, workdir: str, force: bool = False) 
         task = toy_task(config, workdir)
         run = lambda: fit(task, workdir)
     else:
-        from jldm.train.inputs import load_training_images
+        from jldm.train.inputs import load_training_images, training_source
 
-        data = load_training_images(config)
-        if is_latent(config):
+        # Pixel-space diffusion streams its split; the VAE and the stage-1 autoencoder (which
+        # encodes every image) take it in memory.
+        data = (
+            training_source(config)
+            if not (is_vae(config) or is_latent(config))
+            else load_training_images(config)
+        )
+        if is_vae(config):
+            from jldm.train.vae import vae_task
+
+            task = vae_task(config, workdir, data)
+            run = lambda: fit(task, workdir)
+        elif is_latent(config):
             from jldm.train.ldm import fit_latent
 
             run = lambda: fit_latent(config, workdir, data)
