@@ -153,10 +153,12 @@ def test_per_level_head_counts_match_one_head_width():
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(3), 3)
     x, ctx, t = jax.random.normal(k1, (2, 8, 8, 1)), jax.random.normal(k2, (2, 3, 16)), jnp.ones(2)
     p = _init(per_level, x, t, ctx)
-    assert _paths(p) == _paths(_init(one_count, x, t, ctx))
+    shapes = jax.eval_shape(one_count.init, jax.random.PRNGKey(0), x, t, ctx)["params"]
+    assert _paths(p) == _paths(shapes)
     p = _randomized(p, k3)
-    out = per_level.apply({"params": p}, x, t, ctx)
-    np.testing.assert_allclose(out, by_width.apply({"params": p}, x, t, ctx), rtol=1e-5, atol=1e-5)
-    assert float(jnp.abs(one_count.apply({"params": p}, x, t, ctx) - out).max()) > 1e-3
+    apply = lambda model: jax.jit(model.apply)({"params": p}, x, t, ctx)
+    out = apply(per_level)
+    np.testing.assert_allclose(out, apply(by_width), rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(apply(one_count) - out).max()) > 1e-3
     with pytest.raises(ValueError, match="one count per level"):
         UNet(out_channels=1, **dict(TINY, num_heads=(2, 4, 4))).init(k1, x, t, ctx)
