@@ -15,7 +15,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jldm import configs as configs_package
-from jldm.cli import run_main
+from jldm.cli import run_main, use_every_core
 
 # Its own flags, not absl's global ones, so that tests can run main in-process (jldm.cli.run_cli).
 FLAGS = flags.FlagValues()
@@ -74,6 +74,8 @@ def main(owns_process: bool = False) -> None:
         raise UserError("train.py needs --config configs/NAME.py and --workdir DIR")
     _check_config_loaded()
     workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
+    if owns_process and isinstance(FLAGS.config.train.get("batch_size"), int):
+        use_every_core(max(FLAGS.config.train.batch_size, 1))
     # jax.distributed.initialize must come before anything starts a JAX backend.
     distributed.initialize(
         distributed.settings(
