@@ -159,14 +159,15 @@ def test_streamed_statistics_equal_the_whole_set_statistics():
 
     rng = np.random.default_rng(0)
     many = rng.gamma(2.0, 0.3, size=(2100, 2048))  # more than F: no features kept
-    mu, sigma, kept = _streamed_stats(np.array_split(many, 3))
+    mu, sigma, kept, count = _streamed_stats(np.array_split(many, 3))
     want_mu, want_sigma = feature_stats(many)
-    assert kept is None
+    assert kept is None and count == 2100
     np.testing.assert_allclose(mu, want_mu, rtol=1e-12)
     np.testing.assert_allclose(sigma, want_sigma, rtol=1e-9, atol=1e-12)
     few = many[:50]
-    mu, sigma, kept = _streamed_stats([few[:20], few[20:]])
+    mu, sigma, kept, count = _streamed_stats([few[:20], few[20:]])
     np.testing.assert_array_equal(kept, few)
+    assert count == 50
     np.testing.assert_allclose(sigma, feature_stats(few)[1], rtol=1e-9, atol=1e-12)
 
 

@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -117,9 +118,24 @@ def _shards(folder: str) -> list[str]:
     return [os.path.join(folder, n) for n in names]
 
 
-def _streamed_stats(chunks) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(mu, sigma, features or None) of feature chunks [n_i, F], one chunk in memory at a time
-    (the features are kept only while fewer than F, for the low-rank Frechet form)."""
+class Stats(NamedTuple):
+    """Inception statistics of a set: mu [F], sigma [F, F], the features [N, F] while N < F
+    (for the low-rank Frechet form; else None) and N (0 for statistics stored without it)."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    features: np.ndarray | None
+    count: int
+
+
+def _image_stats(model, variables, images: np.ndarray, name: str, batch_size: int) -> Stats:
+    feats = inception_features(model, variables, to_unit_images(images, name), batch_size)
+    mu, sigma = feature_stats(feats)
+    return Stats(mu, sigma, feats if feats.shape[0] < FEATURES else None, feats.shape[0])
+
+
+def _streamed_stats(chunks) -> Stats:
+    """Stats of feature chunks [n_i, F], one chunk in memory at a time."""
     n, total, outer, kept = 0, np.zeros(FEATURES), np.zeros((FEATURES, FEATURES)), []
     for feats in chunks:
         n += feats.shape[0]
@@ -131,12 +147,11 @@ def _streamed_stats(chunks) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         feature_stats(np.concatenate(kept))  # raises: too few samples
     mu = total / n
     sigma = (outer - n * np.outer(mu, mu)) / (n - 1)
-    return mu, (sigma + sigma.T) / 2, None if kept is None else np.concatenate(kept)
+    return Stats(mu, (sigma + sigma.T) / 2, None if kept is None else np.concatenate(kept), n)
 
 
-def set_stats(model, variables, path: str, batch_size: int):
-    """(mu [2048], sigma [2048, 2048], features [N, 2048] or None for stored statistics or
-    N >= 2048) of an .npz file or a folder of .npz shards."""
+def set_stats(model, variables, path: str, batch_size: int) -> Stats:
+    """Stats of an .npz file (images or stored statistics) or a folder of .npz image shards."""
     if os.path.isdir(path):
 
         def chunks():
@@ -149,16 +164,14 @@ def set_stats(model, variables, path: str, batch_size: int):
         return _streamed_stats(chunks())
     kind, data = load_set(path)
     if kind == "stats":
-        return np.asarray(data[0], np.float64), np.asarray(data[1], np.float64), None
-    feats = inception_features(model, variables, to_unit_images(data, path), batch_size)
-    mu, sigma = feature_stats(feats)
-    return mu, sigma, feats
+        return Stats(np.asarray(data[0], np.float64), np.asarray(data[1], np.float64), None, 0)
+    return _image_stats(model, variables, data, path, batch_size)
 
 
 def dataset_stats(
     model, variables, ref: str, weights: str, batch_size: int, data_dir: str, fashion_dir: str
-):
-    """set_stats of a dataset split DATASET:SPLIT, cached per split and weights file."""
+) -> Stats:
+    """Stats of a dataset split DATASET:SPLIT, cached per split and weights file."""
     from jldm.cache import cache_root
     from jldm.data import load_split
 
@@ -172,16 +185,16 @@ def dataset_stats(
     path = os.path.join(cache_root(), "fid", f"{safe}-{tag.hexdigest()[:12]}.npz")
     if os.path.isfile(path):
         with np.load(path) as z:
-            return z["mu"], z["sigma"], z["features"] if "features" in z.files else None
+            feats = z["features"] if "features" in z.files else None
+            return Stats(z["mu"], z["sigma"], feats, int(z["count"]))
     images = load_split(name, split, data_dir, fashion_dir).images
-    feats = inception_features(model, variables, to_unit_images(images, ref), batch_size)
-    mu, sigma = feature_stats(feats)
-    keep = feats if feats.shape[0] < FEATURES else None
+    stats = _image_stats(model, variables, images, ref, batch_size)
+    kept = {} if stats.features is None else {"features": stats.features}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}.npz")
-    np.savez(tmp, mu=mu, sigma=sigma, **({} if keep is None else {"features": keep}))
+    np.savez(tmp, mu=stats.mu, sigma=stats.sigma, count=stats.count, **kept)
     os.replace(tmp, path)
-    return mu, sigma, keep
+    return stats
 
 
 def frechet_low_rank(feats1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -203,10 +216,10 @@ def frechet_low_rank(feats1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) ->
     return max(float(value), 0.0)
 
 
-def fid_between(set1, set2) -> float:
-    """FID between two set_stats results; the low-rank form when a side has fewer images than
-    features (its covariance is singular), else frechet_distance."""
-    (mu1, s1, f1), (mu2, s2, f2) = set1, set2
+def fid_between(set1: Stats, set2: Stats) -> float:
+    """FID between two Stats; the low-rank form when a side has fewer images than features
+    (its covariance is singular), else frechet_distance."""
+    (mu1, s1, f1, _), (mu2, s2, f2, _) = set1, set2
     small = [(f, mu, s) for f, mu, s in ((f1, mu2, s2), (f2, mu1, s1)) if f is not None]
     small = [c for c in small if c[0].shape[0] < c[0].shape[1]]
     if small:
@@ -235,16 +248,8 @@ def fid(
     else:
         set2 = dataset_stats(model, variables, reference, weights, batch_size, *data_dirs)
     if save_stats:
-        np.savez(save_stats, mu=set2[0], sigma=set2[1])
-    return fid_between(set1, set2), _count(samples, set1), _count(reference, set2)
-
-
-def _count(path: str, stats) -> int:
-    if stats[2] is not None:
-        return stats[2].shape[0]
-    if os.path.isdir(path):
-        return sum(len(np.load(p)["images"]) for p in _shards(path))
-    return 0
+        np.savez(save_stats, mu=set2.mu, sigma=set2.sigma)
+    return fid_between(set1, set2), set1.count, set2.count
 
 
 def main(argv: list[str]) -> None:

@@ -143,18 +143,12 @@ def _labels(num_classes: int, classes: list[str] | None, per_class: int):
 
 
 def _writable_prefix(out: str) -> str:
-    from jldm.errors import UserError
+    from jldm.train.workdir import check_writable_folder
 
     out = os.path.abspath(os.path.expanduser(out))
     folder = os.path.dirname(out)
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise UserError(
-            f"cannot create output folder {folder} ({e.strerror}): pick --out"
-        ) from None
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"output folder {folder} is not writable: pick another --out")
+    check_writable_folder(folder, "the --out folder")
+    os.makedirs(folder, exist_ok=True)
     return out
 
 
@@ -222,6 +216,16 @@ def _check_flags() -> None:
         raise UserError(f"--eta={FLAGS.eta} must be in [0, 1] (0: deterministic DDIM)")
 
 
+def _sampler_steps_guidance(run) -> tuple[str, int, float]:
+    """The flags' sampler, steps and guidance, else the run's config (steps: the sampler's)."""
+    from jldm.build import samplers
+
+    s = run.config.sample
+    sampler = FLAGS.sampler or s.sampler
+    steps = samplers.get(sampler).default_steps(run.config) if FLAGS.steps is None else FLAGS.steps
+    return sampler, steps, s.guidance if FLAGS.guidance is None else FLAGS.guidance
+
+
 def _sample_shards(workdir: str) -> None:
     """sample.py --batch_size B --num N: N samples as uint8 shards in the folder --out."""
     import jldm
@@ -245,9 +249,7 @@ def _sample_shards(workdir: str) -> None:
     classes = None
     if FLAGS.classes:
         classes = sorted(set(int(c) for c in _labels(d.num_classes, FLAGS.classes, 1)))
-    sampler = FLAGS.sampler or s.sampler
-    steps = samplers.get(sampler).default_steps(run.config) if FLAGS.steps is None else FLAGS.steps
-    guidance = s.guidance if FLAGS.guidance is None else FLAGS.guidance
+    sampler, steps, guidance = _sampler_steps_guidance(run)
     done = sample_shards(
         run,
         out,
@@ -353,9 +355,7 @@ def main(owns_process: bool = False) -> None:
     if FLAGS.low_res is not None:
         img = _read_image(FLAGS.low_res, "--low_res", d.channels)
         low_res = np.broadcast_to(img * 2.0 - 1.0, (len(labels), *img.shape))
-    sampler = FLAGS.sampler or s.sampler
-    steps = samplers.get(sampler).default_steps(run.config) if FLAGS.steps is None else FLAGS.steps
-    guidance = s.guidance if FLAGS.guidance is None else FLAGS.guidance
+    sampler, steps, guidance = _sampler_steps_guidance(run)
 
     t0 = time.perf_counter()
     images = jldm.generate(

@@ -50,24 +50,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, force: bool = False) 
 
         # Pixel-space diffusion streams its split; the VAE and the stage-1 autoencoder (which
         # encodes every image) take it in memory.
-        data = (
-            training_source(config)
-            if not (is_vae(config) or is_latent(config))
-            else load_training_images(config)
-        )
         if is_vae(config):
             from jldm.train.vae import vae_task
 
-            task = vae_task(config, workdir, data)
+            task = vae_task(config, workdir, load_training_images(config))
             run = lambda: fit(task, workdir)
         elif is_latent(config):
             from jldm.train.ldm import fit_latent
 
+            data = load_training_images(config)
             run = lambda: fit_latent(config, workdir, data)
         else:
             from jldm.train.diffusion import diffusion_task
 
-            task = diffusion_task(config, workdir, data)
+            task = diffusion_task(config, workdir, training_source(config))
             run = lambda: fit(task, workdir)
     with run_folder.hold(workdir) if main else contextlib.nullcontext():
         if main:
