@@ -20,6 +20,7 @@ from sklearn.datasets import load_digits
 from jldm.data import Split, batch_indices, batches_for, load_split, preprocess, to_unit
 from jldm.data.builders import FASHION_CLASS_NAMES, digits_split_indices
 from jldm.errors import UserError
+from tests.test_workdir import cloud  # noqa: F401 (the fake gs:// filesystem fixture)
 from tests.tiny import ROOT
 
 
@@ -194,6 +195,18 @@ def test_prepared_catalog_dataset_is_read_from_disk(tmp_path: Path) -> None:
     (tfrecord / "dataset_info.json").write_text(json.dumps(info))
     with pytest.raises(UserError, match="stored as tfrecord.*array_record"):
         load_split(name, "train", str(tmp_path / "tfrecord"))
+
+
+@pytest.mark.usefixtures("cloud")
+def test_a_cloud_data_dir_reaches_tfds_as_given() -> None:
+    from jldm.data.sources import open_split
+
+    # Not made local (/cwd/gs:/...): TFDS looked in the bucket and found nothing prepared.
+    with pytest.raises(UserError, match="'mnist' is not prepared in gs://bucket/tfds: "):
+        open_split("mnist", "train", "gs://bucket/tfds/")
+    # This array_record build writes local files only: one line saying what to do instead.
+    with pytest.raises(UserError, match="cannot write dataset 'digits' into gs://bucket/tfds"):
+        open_split("digits", "train", "gs://bucket/tfds")
 
 
 def test_split_rejects_wrong_dtypes() -> None:

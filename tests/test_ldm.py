@@ -1,6 +1,7 @@
 """Latent diffusion end to end on a tiny config: stage 1, stage 2 on scaled latents, text
 prompts through sample.py, and inpainting that keeps the known pixels."""
 
+import json
 import os
 
 import jax
@@ -53,6 +54,11 @@ def test_both_stages_checkpoint_and_the_scale_makes_latents_unit_std(trained):
     latents = encode(loaded.stage1, images)
     assert latents.shape[1:] == (4, 4, 2)
     assert abs(float(np.std(latents * scale)) - 1.0) < 1e-3
+    # Stage 2 trained on the set encoded once into WORKDIR/latents, whose scale it keeps.
+    with open(os.path.join(workdir, "latents", "done.json")) as f:
+        done = json.load(f)
+    assert done["scale"] == scale and done["count"] == len(images)
+    assert done["source"]["stage1_step"] == 4 and done["shape"] == [4, 4, 2]
 
 
 def test_sample_py_draws_an_image_for_a_prompt(trained, tmp_path):

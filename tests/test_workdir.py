@@ -99,3 +99,115 @@ def test_a_second_train_py_is_refused_and_the_first_run_is_unharmed(tmp_path, ca
         steps = [json.loads(line)["step"] for line in f]
     assert len(steps) == len(set(steps)), steps  # one writer: every step logged once
     assert load(workdir).step == 2
+
+
+# Workdirs on a cloud path. The fake gs:// is an in-memory fsspec filesystem behind etils.epath
+# (the route epath takes for gs:// without TensorFlow): an object store with no flock, no
+# rename and no local files, reached without network.
+
+
+@pytest.fixture
+def cloud(monkeypatch, tmp_path):
+    """The fake gs:// filesystem class; the test runs in an empty local folder, where a cloud
+    path turned local by mistake would land."""
+    import importlib
+
+    from etils.epath import backend, gpath
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class FakeGCS(MemoryFileSystem):
+        protocol = ("gs", "gcs")
+        store = {}
+        pseudo_dirs = [""]
+
+    registry = importlib.import_module("fsspec.registry")._registry
+    for name in ("gs", "gcs"):
+        monkeypatch.setitem(registry, name, FakeGCS)
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+    backend.fsspec_backend._get_filesystem.cache_clear()
+    local = tmp_path / "cwd"
+    local.mkdir()
+    monkeypatch.chdir(local)
+    yield FakeGCS
+    backend.fsspec_backend._get_filesystem.cache_clear()
+    assert list(local.iterdir()) == []
+
+
+def test_cloud_paths_are_kept_as_given_and_local_ones_made_absolute(tmp_path, monkeypatch):
+    from jldm.data.paths import is_local, join, resolve
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve("gs://bucket/runs/x/") == "gs://bucket/runs/x"
+    assert resolve("runs/x") == str(tmp_path / "runs" / "x")
+    assert resolve("file:///data/x") == "/data/x" and is_local("file:///data/x")
+    assert not is_local("s3://b/x") and join("gs://b/x/", "lock") == "gs://b/x/lock"
+
+
+def test_a_local_workdir_given_as_an_epath_is_checked_and_held(tmp_path):
+    from etils import epath
+
+    workdir = epath.Path(tmp_path) / "run"
+    run_folder.check_workdir(workdir)
+    with run_folder.hold(workdir):
+        assert (workdir / run_folder.LOCK).read_text().startswith(f"pid {os.getpid()} ")
+        with pytest.raises(UserError, match="is in use by"):
+            with run_folder.hold(str(workdir)):
+                pass
+
+
+def test_a_cloud_workdir_is_checked_and_held_through_epath(cloud):
+    import socket
+
+    from etils import epath
+
+    run = epath.Path("gs://bucket/run")
+    run_folder.check_workdir(str(run))
+    assert run.is_dir() and list(run.iterdir()) == []  # the probe object is gone
+    epath.Path("gs://bucket/object").write_text("x")
+    with pytest.raises(UserError, match="is an object, not a folder"):
+        run_folder.check_workdir("gs://bucket/object")
+    (run / "checkpoints").write_text("x")
+    with pytest.raises(UserError, match="is a file, not the run's checkpoint folder"):
+        run_folder.check_workdir(str(run))
+    (run / "checkpoints").unlink()
+
+    # No kernel lock: a lock object naming this process, a warning, removed at the end.
+    with pytest.warns(UserWarning, match="cannot be locked") as seen:
+        with run_folder.hold(str(run)):
+            text = (run / run_folder.LOCK).read_text()
+            assert text.startswith(f"pid {os.getpid()} on {socket.gethostname()} since ")
+    assert "names" not in str(seen[0].message)
+    assert not (run / run_folder.LOCK).exists()
+    # A lock object left by a killed run is named, and does not stop a restarted one.
+    (run / run_folder.LOCK).write_text("pid 4242 on node-7 since 2026-01-01 00:00:00\n")
+    with pytest.warns(UserWarning, match="names pid 4242 on node-7"):
+        with run_folder.hold(str(run)):
+            assert (run / run_folder.LOCK).read_text().startswith(f"pid {os.getpid()} ")
+    assert not (run / run_folder.LOCK).exists()
+
+
+def test_an_unwritable_cloud_folder_is_refused(cloud, monkeypatch):
+    def refuse(self, path, mode="rb", *args, **kwargs):
+        if "r" not in mode:
+            raise PermissionError(f"403 Forbidden: no write access to {path}")
+        return super(cloud, self)._open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(cloud, "_open", refuse)
+    with pytest.raises(UserError, match=r"gs://ro/run is not writable \(PermissionError: 403"):
+        run_folder.check_workdir("gs://ro/run")
+
+
+def test_sample_shards_on_a_cloud_folder_are_objects_fid_reads_back(cloud):
+    import numpy as np
+
+    from jldm.eval.fid import load_set
+    from jldm.sampling.shards import _write_atomic, shard_path, shard_paths
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 4, 4, 1), dtype=np.uint8)
+    for i in (1, 0):
+        _write_atomic(shard_path("gs://bucket/shards", i), images=images + i, labels=np.arange(3))
+    paths = shard_paths("gs://bucket/shards")
+    assert paths == ["gs://bucket/shards/shard_00000.npz", "gs://bucket/shards/shard_00001.npz"]
+    kind, back = load_set(paths[1])
+    assert kind == "images"
+    np.testing.assert_array_equal(back, images + 1)

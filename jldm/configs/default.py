@@ -27,6 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
     d.num_classes = 10
     d.random_flip = False  # mirror about half of each batch left-right (by seed and step)
     d.threads = 4  # worker threads that read and prepare the batches ahead of the step
+    # Latent diffusion: a local folder for the training set's stage-1 encodings (written once);
+    # empty: WORKDIR/latents.
+    d.latent_dir = ""
 
     c.model = m = ml_collections.ConfigDict()
     m.channels = 64
@@ -57,7 +60,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.diffusion = f = ml_collections.ConfigDict()
     # ddpm: discrete-time noise prediction. Score objectives on the same UNet: ncsn (DSM over a
-    # geometric sigma ladder), vesde | vpsde | subvpsde (continuous-time DSM).
+    # geometric sigma ladder), vesde | vpsde | subvpsde (continuous-time DSM); edm (Karras et
+    # al.'s preconditioned denoiser); flow (flow matching, velocity on the linear path).
     f.objective = "ddpm"
     f.parameterization = "score"  # score | energy (score objectives: s = -grad_x E)
     f.schedule = "cosine"  # linear | scaled_linear | cosine
@@ -72,6 +76,21 @@ def get_config() -> ml_collections.ConfigDict:
     f.beta_min = 0.1  # vpsde and subvpsde
     f.beta_max = 20.0
     f.eps_t = 1e-5  # smallest training time of the SDE objectives
+    # edm (Karras et al. 2022; set objective=edm): data std of the preconditioning, training
+    # log sigma ~ N(p_mean, p_std^2); it samples over [sigma_min, sigma_max] (digits_edm.py:
+    # the paper's 0.002 .. 80).
+    f.sigma_data = 0.5
+    f.p_mean = -1.2
+    f.p_std = 1.2
+    # flow (flow matching): training times uniform | logit_normal, t = sigmoid(mean + std n).
+    f.time_sampling = "uniform"
+    f.logit_mean = 0.0
+    f.logit_std = 1.0
+    # Loss weighting over noise levels: default (the objective's own) | min_snr (x0 weight
+    # min(SNR, min_snr_gamma), Hang et al. 2023) | likelihood (g(t)^2 with importance-sampled
+    # t, Song et al. 2021: vesde, vpsde, subvpsde).
+    f.weighting = "default"
+    f.min_snr_gamma = 5.0
 
     c.train = t = ml_collections.ConfigDict()
     t.steps = 2000
@@ -96,13 +115,18 @@ def get_config() -> ml_collections.ConfigDict:
     # samples on the digits and Fashion-MNIST (0: the grid only).
     t.sample_every = 0
     t.sample_quality = 500
+    # FID Inception weights (pytorch-fid's .pth or its .safetensors); empty: $JLDM_FID_WEIGHTS.
+    # With either, the watch step adds sample/fid of the sample_quality samples against the
+    # dataset's test split; with neither, no FID (nothing is downloaded).
+    t.fid_weights = ""
     # FSDP-style: split params, EMA and optimizer state over the devices (largest divisible
     # axis of each big leaf) instead of a full copy on each; same updates, less memory/device.
     t.shard_params = False
 
     c.sample = s = ml_collections.ConfigDict()
     # ddpm objective: ddpm | ddim | dpmpp2m | heun; ncsn: als (annealed Langevin); SDEs: pc | em |
-    # ode | dpmpp2m | heun. dpmpp2m: DPM-Solver++ 2M; heun: Karras et al.'s 2nd-order sampler.
+    # ode | dpmpp2m | heun; edm: heun | dpmpp2m; flow: euler | heun | dpmpp2m. dpmpp2m:
+    # DPM-Solver++ 2M; heun: Karras et al.'s 2nd-order sampler.
     s.sampler = "ddim"
     s.steps = 50  # ddim, pc, em, ode, dpmpp2m and heun steps
     s.snr = 0.16  # pc: Langevin corrector signal-to-noise ratio

@@ -9,13 +9,14 @@ import functools
 import json
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils.epath import Path
 
 from jldm.data.builders import DEFAULT_FASHION_DIR, JldmDigits, JldmFashionMnist, fashion_files
+from jldm.data.paths import is_local, resolve
 from jldm.errors import UserError
 
 # Records decoded per __getitems__ call: large enough to amortise the call, small enough that a
@@ -59,7 +60,8 @@ class Split:
 
 
 def _path(p: str | os.PathLike) -> str:
-    return os.path.abspath(os.path.expanduser(os.fspath(p)))
+    # A cloud data_dir (gs://...) reaches TFDS as given; it reads and writes through epath.
+    return resolve(p)
 
 
 def load_split(
@@ -107,6 +109,17 @@ def _own_builder(name: str, data_dir: str, fashion_dir: str) -> tfds.core.Datase
     if name == "fashion_mnist":
         # Fail before anything is created under data_dir.
         fashion_files(fashion_dir)
+    if not is_local(data_dir):
+        # No flock on an object store: processes preparing at once each write their own
+        # temporary folder, and TFDS moves a finished one into place.
+        try:
+            builder.download_and_prepare()
+        except (OSError, RuntimeError) as e:  # array_record's writer raises RuntimeError
+            raise UserError(
+                f"cannot write dataset '{name}' into {data_dir} ({_first_line(e)}): prepare it "
+                "with a local --config.data.data_dir and copy that folder there"
+            ) from e
+        return make()
     try:
         os.makedirs(data_dir, exist_ok=True)
         # Processes sharing data_dir (multi-process training, parallel runs) prepare one at a
@@ -122,6 +135,10 @@ def _own_builder(name: str, data_dir: str, fashion_dir: str) -> tfds.core.Datase
             "set --config.data.data_dir to a writable folder"
         ) from e
     return builder
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _prepared(builder: tfds.core.DatasetBuilder) -> bool:
@@ -209,7 +226,13 @@ class Records:
 
     def __init__(self, name: str, source: Any, class_names: tuple[str, ...]):
         self.name, self.source, self.class_names = name, source, class_names
-        first = np.asarray(source[0]["image"])
+        try:
+            first = np.asarray(source[0]["image"])
+        except (OSError, RuntimeError) as e:  # array_record's reader raises RuntimeError
+            raise UserError(
+                f"cannot read dataset '{name}' ({_first_line(e)}): this array_record build "
+                "may read local files only; copy the prepared dataset to a local data_dir"
+            ) from e
         self.image_shape = first.shape if first.ndim == 3 else (*first.shape, 1)
         if first.dtype != np.uint8 or len(self.image_shape) != 3:
             raise UserError(

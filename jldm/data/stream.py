@@ -1,8 +1,9 @@
 """Training batches streamed from a source read by index, in grain worker threads.
 
 A source has len() and rows(idx [n]) -> (images [n, ...], labels [n]): a TFDS split read record
-by record (sources.Records, nothing held in memory), or arrays already in memory (ArraySource:
-a small dataset, or stage-1 latents). Either way, the rows of step s are batches_for(seed, s):
+by record (sources.Records, nothing held in memory), stage-1 posteriors on disk
+(latents.LatentRecords, whose draw(rows, seed, positions) samples each row's latent), or arrays
+already in memory (ArraySource). Either way, the rows of step s are batches_for(seed, s):
 this process's slice of the global batch only, a pure function of (seed, step), so a resumed
 run sees the same batches. Worker threads read and prepare the batches ahead of the training
 step; an error in one is raised where the batches are consumed.
@@ -81,16 +82,21 @@ def stream(
 
     k = steps_per_call fused steps, b = batch_size / process_count rows of this process.
     random_flip mirrors about half of the rows left-right, by (seed, step). threads read (and
-    prepare, see Pixels) batches ahead.
+    prepare, see Pixels) batches ahead. A source with a draw method gets each row's global
+    stream position, step * batch_size + its place in the global batch, to draw by.
     """
     k, n = steps_per_call, len(source)
+    draw = getattr(source, "draw", None)
 
     def load(step: int) -> tuple[int, np.ndarray, np.ndarray]:
         idx = batches_for(seed, step, k, batch_size, n, process_index, process_count)
+        b = idx.shape[1]
         images, labels = source.rows(idx.reshape(-1))
         images = images.reshape(*idx.shape, *images.shape[1:])
+        if draw is not None:
+            steps = np.arange(step, step + k, dtype=np.int64)[:, None]
+            images = draw(images, seed, steps * batch_size + process_index * b + np.arange(b))
         if random_flip:  # drawn for the global batch: the same flips for any process count
-            b = idx.shape[1]
             mirror = flips(seed, step, (k, batch_size))[
                 :, process_index * b : (process_index + 1) * b
             ]

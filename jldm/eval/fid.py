@@ -6,15 +6,16 @@
 SAMPLES and REF are .npz files or folders of .npz shards (sample.py --batch_size writes them).
 Each .npz holds images (key `images`, or its only array: [N,H,W,C] floats in [0,1] or uint8,
 C = 1 or 3), or statistics (`mu` [2048] and `sigma` [2048,2048], as pytorch-fid writes them).
-A folder is read one shard at a time. --ref DATASET:SPLIT takes the reference from a dataset
-split (digits, fashion_mnist or a prepared TFDS dataset), its statistics cached in jldm's cache
-folder per weights file. --save_stats writes the reference's statistics for later runs. The
-weights are the PyTorch FID Inception checkpoint or its conversion (jldm.convert.inception);
-JLDM_FID_WEIGHTS sets a default.
+A folder is read one shard at a time; SAMPLES and REF may be cloud paths (gs://...). --ref
+DATASET:SPLIT takes the reference from a dataset split (digits, fashion_mnist or a prepared
+TFDS dataset), its statistics cached in jldm's cache folder per weights file. --save_stats
+writes the reference's statistics for later runs. The weights are the PyTorch FID Inception
+checkpoint or its conversion (jldm.convert.inception); JLDM_FID_WEIGHTS sets a default.
 """
 
 import functools
 import hashlib
+import io
 import os
 import re
 import sys
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
+from jldm.data.paths import is_local, isdir, isfile, join, listdir, read_bytes
 from jldm.errors import UserError
 from jldm.eval.frechet import feature_stats, frechet_distance
 from jldm.nn.inception import FEATURES
@@ -87,10 +89,10 @@ def inception_features(
 
 def load_set(path: str) -> tuple[str, np.ndarray | tuple[np.ndarray, np.ndarray]]:
     """("images", [N,H,W,C]) or ("stats", (mu, sigma)) from an .npz file."""
-    if not os.path.isfile(path):
+    if not isfile(path):
         raise UserError(f"{path} not found: pass an .npz of images or of mu/sigma statistics")
     try:
-        with np.load(path) as z:
+        with np.load(path if is_local(path) else io.BytesIO(read_bytes(path))) as z:
             files = list(z.files)
             if "mu" in files and "sigma" in files:
                 mu, sigma = z["mu"], z["sigma"]
@@ -112,10 +114,10 @@ def load_set(path: str) -> tuple[str, np.ndarray | tuple[np.ndarray, np.ndarray]
 
 
 def _shards(folder: str) -> list[str]:
-    names = sorted(n for n in os.listdir(folder) if n.endswith(".npz") and not n.startswith("."))
+    names = sorted(n for n in listdir(folder) if n.endswith(".npz") and not n.startswith("."))
     if not names:
         raise UserError(f"{folder} holds no .npz files: pass a folder of sample shards")
-    return [os.path.join(folder, n) for n in names]
+    return [join(folder, n) for n in names]
 
 
 class Stats(NamedTuple):
@@ -152,7 +154,7 @@ def _streamed_stats(chunks) -> Stats:
 
 def set_stats(model, variables, path: str, batch_size: int) -> Stats:
     """Stats of an .npz file (images or stored statistics) or a folder of .npz image shards."""
-    if os.path.isdir(path):
+    if isdir(path):
 
         def chunks():
             for shard in _shards(path):
@@ -228,6 +230,50 @@ def fid_between(set1: Stats, set2: Stats) -> float:
     return frechet_distance(mu1, s1, mu2, s2)
 
 
+WEIGHTS_ENV = "JLDM_FID_WEIGHTS"
+
+
+def configured_weights(given: str = "") -> str | None:
+    """The FID Inception weights file: given (a config's), else $JLDM_FID_WEIGHTS; None when
+    neither names one. A named file that is not there is a UserError: nothing is downloaded."""
+    path = given or os.environ.get(WEIGHTS_ENV, "")
+    if not path:
+        return None
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(path):
+        what = "train.fid_weights" if given else f"${WEIGHTS_ENV}"
+        raise UserError(
+            f"{what} names {path}, which is not a file: point it at the FID Inception weights "
+            f"(pt_inception-2015-12-05-6726825d.pth), or leave it empty for no FID"
+        )
+    return path
+
+
+@functools.lru_cache(maxsize=2)
+def _inception(weights: str):
+    """The Inception of a weights file, converted once per process (a run's every watch step)."""
+    from jldm.convert.inception import load_inception
+
+    return load_inception(weights)
+
+
+def fid_to_split(
+    images01: np.ndarray,
+    ref: str,
+    weights: str,
+    data_dir: str,
+    fashion_dir: str,
+    batch_size: int = 50,
+) -> float:
+    """FID of images01 [N, H, W, C] in [0, 1] against the dataset split ref (DATASET:SPLIT),
+    whose statistics are cached as --ref's (dataset_stats)."""
+    model, variables = _inception(weights)
+    batch_size = max(1, min(batch_size, len(images01)))  # a few samples: no padded batch
+    samples = _image_stats(model, variables, images01, "samples", batch_size)
+    reference = dataset_stats(model, variables, ref, weights, batch_size, data_dir, fashion_dir)
+    return fid_between(samples, reference)
+
+
 def fid(
     samples: str,
     reference: str,
@@ -258,7 +304,7 @@ def main(argv: list[str]) -> None:
             "usage: python -m jldm.eval.fid SAMPLES REF [--weights FILE], or SAMPLES --ref "
             "DATASET:SPLIT (SAMPLES, REF: .npz files or folders of .npz shards)"
         )
-    weights = FLAGS.weights or os.environ.get("JLDM_FID_WEIGHTS")
+    weights = FLAGS.weights or os.environ.get(WEIGHTS_ENV)
     if not weights:
         raise UserError(
             "FID needs the Inception weights: pass --weights pt_inception-2015-12-05-6726825d.pth "

@@ -4,11 +4,12 @@ uint8 .npz shards as they finish, so a stopped job resumes where it stopped.
 OUT/shard_00000.npz ... hold `images` [b, H, W, C] uint8 and `labels` [b] (b = B but for the
 last); OUT/manifest.json the settings, which a resume must repeat. Shard i's images depend on
 (seed, i) only: a resumed folder holds exactly the images of an uninterrupted run. Class labels
-cycle through the classes, so every class gets N / C images.
+cycle through the classes, so every class gets N / C images. OUT may be a cloud folder
+(gs://...): shards and manifest are then written as objects through etils.epath.
 """
 
+import io
 import json
-import os
 import time
 from typing import NamedTuple
 
@@ -17,6 +18,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+from jldm.data.paths import isfile, join, listdir, makedirs, read_bytes, write_bytes_atomic
 from jldm.errors import UserError
 from jldm.sampling.pipeline import make_generator
 from jldm.sampling.run import Loaded, conditions
@@ -34,20 +36,19 @@ class Written(NamedTuple):
 
 
 def shard_path(folder: str, index: int) -> str:
-    return os.path.join(folder, f"shard_{index:05d}.npz")
+    return join(folder, f"shard_{index:05d}.npz")
 
 
 def shard_paths(folder: str) -> list[str]:
     """The finished shards of folder, in order."""
-    names = sorted(n for n in os.listdir(folder) if n.startswith("shard_") and n.endswith(".npz"))
-    return [os.path.join(folder, n) for n in names]
+    names = sorted(n for n in listdir(folder) if n.startswith("shard_") and n.endswith(".npz"))
+    return [join(folder, n) for n in names]
 
 
 def _check_manifest(folder: str, settings: dict) -> None:
-    path = os.path.join(folder, MANIFEST)
-    if os.path.isfile(path):
-        with open(path) as f:
-            old = json.load(f)
+    path = join(folder, MANIFEST)
+    if isfile(path):
+        old = json.loads(read_bytes(path))
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if diff:
             raise UserError(
@@ -59,10 +60,9 @@ def _check_manifest(folder: str, settings: dict) -> None:
 
 
 def _write_atomic(path: str, **arrays) -> None:
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")  # not a shard's name until done
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()  # one shard of uint8 images: small
+    np.savez(buffer, **arrays)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def sample_shards(
@@ -104,10 +104,9 @@ def sample_shards(
         "eta": eta,
         "seed": seed,
     }
-    os.makedirs(folder, exist_ok=True)
+    makedirs(folder)
     _check_manifest(folder, settings)
-    with open(os.path.join(folder, MANIFEST), "w") as f:
-        json.dump(settings, f, indent=2)
+    write_bytes_atomic(join(folder, MANIFEST), json.dumps(settings, indent=2).encode())
 
     mesh = Mesh(np.asarray(devices), ("data",))
     batch = NamedSharding(mesh, PartitionSpec("data"))
@@ -128,7 +127,8 @@ def sample_shards(
     params = jax.device_put(gen.params, replicated)
     inputs = jax.device_put(gen.inputs, replicated)
     count = -(-num // batch_size)
-    todo = [i for i in range(count) if not os.path.isfile(shard_path(folder, i))]
+    done = set(shard_paths(folder))
+    todo = [i for i in range(count) if shard_path(folder, i) not in done]
     base = jax.random.PRNGKey(seed)
     t0 = time.perf_counter()
     for i in tqdm(todo, desc="shards", unit="shard", disable=None, dynamic_ncols=True):

@@ -15,6 +15,9 @@ _RUNTIME_ONLY = {
     "model.remat",
     "data.threads",
     "data.random_flip",
+    # Where the same dataset and its latents are read from (a moved folder, another host).
+    "data.data_dir",
+    "data.latent_dir",
     *(f"stage1.{k}" for k in ("steps", "log_every", "checkpoint_every", "keep_checkpoints")),
     "stage1.skip_nonfinite",
     "stage1.max_skipped_fraction",

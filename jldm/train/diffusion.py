@@ -16,6 +16,7 @@ from jldm.build.text import condition_fn
 from jldm.data.stream import Source
 from jldm.errors import UserError
 from jldm.eval import make_grid, sample_quality, save_grid
+from jldm.eval.fid import configured_weights, fid_to_split
 from jldm.eval.grid import readable_scale
 from jldm.sampling.pipeline import make_generator
 from jldm.sampling.run import Loaded, Stage1, conditions
@@ -113,16 +114,26 @@ _QUALITY_DATASETS = ("digits", "fashion_mnist")
 
 class Watcher:
     """A run in progress, seen through its EMA params: one row per class of samples (a
-    super-resolution run sharpens downsampled training images instead) and, on the digits and
-    Fashion-MNIST, the quality figures of train.sample_quality samples (classes cycled). The
-    config's sampler and seed throughout, so grids of one run differ only by the training
-    between them; each sampler is compiled once, its params an argument."""
+    super-resolution run sharpens downsampled training images instead) and, from
+    train.sample_quality samples (classes cycled), the quality figures on the digits and
+    Fashion-MNIST and, when FID Inception weights are configured (train.fid_weights or
+    $JLDM_FID_WEIGHTS), their FID against the dataset's test split (its statistics cached as
+    jldm-fid --ref's). The config's sampler and seed throughout, so grids of one run differ only
+    by the training between them; each sampler is compiled once, its params an argument."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, source: Source):
         self.config, self.workdir, self.source = config, workdir, source
         d = config.data
         self.num = config.train.get("sample_quality", 0)
-        self.scored = self.num and d.name in _QUALITY_DATASETS and sr_factor(config) == 1
+        plain = self.num and sr_factor(config) == 1
+        self.scored = plain and d.name in _QUALITY_DATASETS
+        self.fid_weights = None
+        if plain and config.train.get("sample_every", 0):
+            self.fid_weights = configured_weights(config.train.get("fid_weights", ""))
+        if self.fid_weights is not None:
+            from jldm.data.sources import open_split
+
+            open_split(d.name, "test", d.data_dir, d.fashion_dir)  # no test split: refused now
         self.generators = {}
 
     def _sample(self, run: Loaded, name: str, labels, low_res, seed: int) -> np.ndarray:
@@ -160,11 +171,15 @@ class Watcher:
         path = os.path.join(self.workdir, "samples", f"step_{step:07d}.png")
         save_grid(x, path, ncols=config.sample.per_class)
         scalars = {"sample/nonfinite": float(np.mean(~np.isfinite(x)))}
-        if self.scored:
+        if self.scored or self.fid_weights:
             cycled = np.arange(self.num) % d.num_classes
             many = self._sample(run, "quality", cycled, None, config.seed + 1)
-            if np.isfinite(many).all():
+            if np.isfinite(many).all() and self.scored:
                 q = sample_quality(many, cycled, d.name, d.data_dir, d.fashion_dir)
                 scalars.update({f"sample/{k}": v for k, v in q.items() if v is not None})
+            if np.isfinite(many).all() and self.fid_weights:
+                ref = f"{d.name}:test"
+                fid = fid_to_split(many, ref, self.fid_weights, d.data_dir, d.fashion_dir)
+                scalars.update({"sample/fid": fid, "sample/fid_samples": len(many)})
         grid = make_grid(x, ncols=config.sample.per_class, scale=readable_scale(x))
         return Watched(scalars, {"samples": grid})

@@ -48,8 +48,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, force: bool = False) 
     else:
         from jldm.train.inputs import load_training_images, training_source
 
-        # Pixel-space diffusion streams its split; the VAE and the stage-1 autoencoder (which
-        # encodes every image) take it in memory.
+        # Pixel and latent diffusion stream their split (stage 1 reads it into memory only when
+        # it trains); the VAE takes it in memory.
         if is_vae(config):
             from jldm.train.vae import vae_task
 
@@ -58,7 +58,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, force: bool = False) 
         elif is_latent(config):
             from jldm.train.ldm import fit_latent
 
-            data = load_training_images(config)
+            data = training_source(config)
             run = lambda: fit_latent(config, workdir, data)
         else:
             from jldm.train.diffusion import diffusion_task

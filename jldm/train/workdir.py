@@ -1,8 +1,15 @@
 """The run folder: checked before anything is written, and held by one training process at a time.
 
-The hold is an exclusive flock on WORKDIR/lock, which the kernel releases when its process ends,
-killed or not, so no stale lock outlives a run. The file keeps the holder's pid and host, which
-a second writer's error names.
+A local workdir is held by an exclusive flock on WORKDIR/lock, which the kernel releases when
+its process ends, killed or not, so no stale lock outlives a run. The file keeps the holder's
+pid and host, which a second writer's error names.
+
+A cloud workdir (gs://, s3://: see jldm.data.paths) cannot be locked: an object store has no
+flock. There the hold writes the lock object WORKDIR/lock with the pid, host and start time,
+warns that nothing stops a second writer, and removes the object when the run ends. A lock
+object found at the start names a run that is still going or one that was killed (no kernel
+releases it): the warning names it, and training goes on, so a preempted job restarts by
+itself. Running one train.py per cloud workdir is the user's part.
 """
 
 import contextlib
@@ -11,14 +18,46 @@ import os
 import socket
 import tempfile
 import time
+import warnings
 
+from jldm.data.paths import (
+    as_epath,
+    exists,
+    is_local,
+    isdir,
+    join,
+    makedirs,
+    read_bytes,
+    remove,
+)
 from jldm.errors import UserError
 
 LOCK = "lock"
 
 
+def _check_cloud_folder(path: str, what: str) -> None:
+    """The write probe of a cloud folder: an object written into it and removed."""
+    p = as_epath(path)
+    try:
+        if p.exists() and not p.is_dir():
+            raise UserError(f"{what} {path} is an object, not a folder: pick another path")
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".jldm-write-probe-{os.getpid()}-{time.time_ns()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except UserError:
+        raise
+    except Exception as e:  # each filesystem raises its own: OSError, gcsfs' HttpError, ...
+        raise UserError(
+            f"{what} {path} is not writable ({type(e).__name__}: {str(e).splitlines()[0]}): "
+            "pick a writable folder, or check the credentials for it"
+        ) from None
+
+
 def check_writable_folder(path: str, what: str) -> None:
     """path is a folder this process can write to, or does not exist and can be created."""
+    if not is_local(path):
+        return _check_cloud_folder(path, what)
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{what} {path} is a file, not a folder: move it away or pick another path")
     probe = path
@@ -41,7 +80,7 @@ def check_writable_folder(path: str, what: str) -> None:
 
 def check_checkpoint_folder(path: str) -> None:
     """path, a run's checkpoint folder, is a folder if it exists."""
-    if os.path.exists(path) and not os.path.isdir(path):
+    if exists(path) and not isdir(path):
         raise UserError(
             f"{path} is a file, not the run's checkpoint folder: move it away and rerun"
         )
@@ -50,25 +89,57 @@ def check_checkpoint_folder(path: str) -> None:
 def check_workdir(workdir: str) -> None:
     """A workdir train.py can use: a writable folder (or a new one) whose checkpoints is one too."""
     check_writable_folder(workdir, "--workdir")
-    for sub in ("checkpoints", os.path.join("stage1", "checkpoints")):
-        path = os.path.join(workdir, sub)
+    for sub in ("checkpoints", join("stage1", "checkpoints")):
+        path = join(workdir, sub)
         check_checkpoint_folder(path)
-        if os.path.isdir(path):
+        if isdir(path):
             check_writable_folder(path, "the checkpoint folder")
 
 
 def _holder(path: str) -> str:
     try:
-        with open(path) as f:
-            text = f.read().strip()
-    except OSError:
+        text = read_bytes(path).decode(errors="replace").strip()
+    except (OSError, FileNotFoundError):
         text = ""
     return text or "another process"
 
 
+def _stamp() -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S")
+    return f"pid {os.getpid()} on {socket.gethostname()} since {when}\n"
+
+
+@contextlib.contextmanager
+def _hold_cloud(workdir: str):
+    path = join(workdir, LOCK)
+    makedirs(workdir)
+    found = _holder(path) if exists(path) else None
+    mine = _stamp()
+    note = (
+        f"{workdir} is a cloud folder, which cannot be locked: nothing stops a second train.py "
+        "from writing it too, so run one per workdir"
+    )
+    if found:
+        note += f" ({path} names {found}: a run still going, or one that was stopped)"
+    warnings.warn(note, stacklevel=3)
+    as_epath(path).write_text(mine)
+    try:
+        yield
+    finally:
+        # Removed only when still ours: a second writer's object is left for it to name.
+        with contextlib.suppress(Exception):
+            if _holder(path) == mine.strip():
+                remove(path)
+
+
 @contextlib.contextmanager
 def hold(workdir: str):
-    """Hold workdir for this process; refuse at once if another process holds it."""
+    """Hold workdir for this process; refuse at once if another process holds it (a local
+    workdir), or warn that nothing can hold it (a cloud workdir, see the module docstring)."""
+    if not is_local(workdir):
+        with _hold_cloud(workdir):
+            yield
+        return
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, LOCK)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -81,8 +152,7 @@ def hold(workdir: str):
                 "use another --workdir"
             ) from None
         os.ftruncate(fd, 0)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode())
+        os.write(fd, _stamp().encode())
         yield
     finally:
         os.close(fd)  # releases the flock

@@ -1,0 +1,96 @@
+"""Local or cloud paths: workdirs, data_dirs and sample folders may be gs:// (or s3://, ...).
+
+A path with a URI scheme is kept as given (never made absolute, which would turn gs://b/x into
+/cwd/gs:/b/x) and reaches Orbax and TFDS unchanged; jldm's own small files go through
+etils.epath there. A local path goes through the OS, which can lock files (flock) and rename
+them atomically (os.replace); an object store has neither, but an object upload is atomic:
+readers see the old object or the new one, never part of it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from etils import epath
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_local(path: str | os.PathLike) -> bool:
+    """path is on this machine's filesystem (no URI scheme, or file://)."""
+    text = os.fspath(path)
+    return not _SCHEME.match(text) or text.startswith("file://")
+
+
+def resolve(path: str | os.PathLike) -> str:
+    """A local path made absolute (~ expanded); a cloud path as given, without a trailing /."""
+    text = os.fspath(path)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    if is_local(text):
+        return os.path.abspath(os.path.expanduser(text))
+    return text.rstrip("/")
+
+
+def join(path: str, *parts: str) -> str:
+    """path / parts, for local and cloud paths alike."""
+    return os.path.join(path, *parts) if is_local(path) else "/".join([path.rstrip("/"), *parts])
+
+
+def as_epath(path: str | os.PathLike) -> epath.Path:
+    """The epath of path: local or cloud."""
+    return epath.Path(os.fspath(path))
+
+
+def isdir(path: str) -> bool:
+    return os.path.isdir(path) if is_local(path) else as_epath(path).is_dir()
+
+
+def isfile(path: str) -> bool:
+    return os.path.isfile(path) if is_local(path) else as_epath(path).is_file()
+
+
+def exists(path: str) -> bool:
+    return os.path.exists(path) if is_local(path) else as_epath(path).exists()
+
+
+def makedirs(path: str) -> None:
+    if is_local(path):
+        os.makedirs(path, exist_ok=True)
+    else:
+        as_epath(path).mkdir(parents=True, exist_ok=True)
+
+
+def listdir(path: str) -> list[str]:
+    """Names in folder path."""
+    if is_local(path):
+        return os.listdir(path)
+    return [p.name for p in as_epath(path).iterdir()]
+
+
+def remove(path: str) -> None:
+    if is_local(path):
+        os.remove(path)
+    else:
+        as_epath(path).unlink()
+
+
+def read_bytes(path: str) -> bytes:
+    if is_local(path):
+        with open(path, "rb") as f:
+            return f.read()
+    return as_epath(path).read_bytes()
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write path so that a reader never sees part of it: a temporary file renamed over it
+    (locally), one object upload (cloud)."""
+    if not is_local(path):
+        as_epath(path).write_bytes(data)
+        return
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")  # not the file's name until done
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
