@@ -121,20 +121,22 @@ def test_mismatched_objective_and_sampler_are_user_errors():
 
 
 _RUNS = {"ncsn": ("score", ["als"]), "vpsde": ("energy", ["pc", "em", "ode"])}
+_DDPM = {"ddpm": ("score", ["ddim"])}  # for compare's variational bound (T = 20)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Tiny NCSN (score) and VP SDE (energy) runs trained through the loop."""
+    """Tiny NCSN (score), VP SDE (energy) and DDPM (T = 20) runs trained through the loop."""
     root = tmp_path_factory.mktemp("objectives")
     data_dir, workdirs = str(root / "tfds"), {}
-    for objective, (parameterization, samplers) in _RUNS.items():
+    for objective, (parameterization, samplers) in {**_RUNS, **_DDPM}.items():
         over = {
             "diffusion.objective": objective,
             "diffusion.parameterization": parameterization,
             "diffusion.num_scales": 3,
             "sample.sampler": samplers[0],
             "sample.steps_per_sigma": 2,
+            "diffusion.timesteps": 20,
         }
         workdirs[objective] = str(root / objective)
         assert run(tiny_config(data_dir, **over), workdirs[objective])
@@ -156,8 +158,8 @@ def test_every_sampler_of_the_objective_is_deterministic_given_a_key(runs, objec
 def test_compare_matches_the_budget_and_reports_bits_per_dim(runs, tmp_path):
     from jldm import compare
 
-    rows = [compare.compare_one(runs[o], 24, 1, 2.0, 0, 4, bpd_steps=2) for o in sorted(_RUNS)]
-    ncsn, vp = rows
+    rows = [compare.compare_one(runs[o], 24, 1, 2.0, 0, 4, bpd_steps=2) for o in sorted(runs)]
+    ddpm, ncsn, vp = rows
     # ncsn: 3 sigmas x 3 Langevin steps + the denoising step, doubled by guidance = 20 <= 24
     assert (ncsn["sampler"], ncsn["nfe"], ncsn["bits_per_dim"]) == ("als", 20, None)
     # vpsde pc: 12 evaluations per image -> 5 steps of predictor + corrector and the final
@@ -165,8 +167,59 @@ def test_compare_matches_the_budget_and_reports_bits_per_dim(runs, tmp_path):
     assert (vp["sampler"], vp["steps"], vp["nfe"]) == ("pc", 5, 22)
     # an untrained tiny model on a 2-step ODE: only finiteness and sign are meaningful
     assert 0 < vp["bits_per_dim"] < np.inf and vp["bpd_images"] == 4 and vp["bpd_nfe"] == 8
+    assert vp["bpd_method"] == "ode"
+    # ddpm: ddim at 12 steps (x2 guidance); its variational bound sums all T = 20 terms (a
+    # model of 4 training steps: only finiteness and a loose range are meaningful).
+    assert (ddpm["sampler"], ddpm["steps"], ddpm["nfe"]) == ("ddim", 12, 24)
+    assert (ddpm["bpd_method"], ddpm["bpd_nfe"], ddpm["bpd_images"]) == ("vlb all terms", 20, 4)
+    assert 1 < ddpm["bits_per_dim"] < np.inf
     assert all(r["train_steps_s"] > 0 and r["stage1_steps_s"] is None for r in rows)
     for r in rows:
         assert 0 <= r["class_accuracy"] <= 1 and r["frechet"] > 0
     table = compare.markdown(rows)
-    assert table.count("\n") == 3 and "| ncsn |" in table and "| - |" in table
+    assert table.count("\n") == 4 and "| ncsn |" in table and "| - |" in table
+
+
+def test_compare_grid_runs_each_sampler_per_budget_and_plots_it(runs, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from jldm import compare
+    from jldm.cli import run_cli
+    from jldm.eval import plot
+
+    out = str(tmp_path / "grid")
+    # ddpm and ncsn: the vpsde run's energy network makes its samplers slow to compile, and
+    # its ODE bits/dim are tested above.
+    argv = ["compare", runs["ddpm"], runs["ncsn"], "--grid", "--budgets=10,50"]
+    argv += ["--samplers=als,ddim", "--per_class=1", "--guidance=2", "--bpd_images=4"]
+    argv += ["--bpd_terms=5", f"--out={out}"]
+    assert run_cli(compare.main, argv, positional=True) == 0
+    rows = [json.loads(line) for line in open(out + ".jsonl")]
+    grid = [
+        (r["objective"], r["sampler"], r["steps"], r["nfe"])
+        for r in rows
+        if r["table"] == "grid" and r["run"] != "real"
+    ]
+    # Budgets halve under guidance 2: ddim 5 steps, and 25 bounded by T = 20; als (3 sigmas)
+    # 1 and 8 steps per sigma plus the denoising step.
+    assert grid == [
+        ("ddpm", "ddim", 5, 10), ("ddpm", "ddim", 20, 40),
+        ("ncsn", "als", 1, 8), ("ncsn", "als", 8, 50),
+    ]  # fmt: skip
+    real = next(r for r in rows if r["run"] == "real")
+    assert real["sampler"] == "train split" and 0 <= real["frechet"] and 0 <= real["recall"] <= 1
+    bpd = {r["objective"]: r for r in rows if r["table"] == "bits_per_dim"}
+    assert bpd["ncsn"]["bits_per_dim"] is None
+    assert (bpd["ddpm"]["bpd_method"], bpd["ddpm"]["bpd_nfe"]) == ("vlb 5 terms", 5)
+    assert 1 < bpd["ddpm"]["bits_per_dim"] < np.inf
+    text = open(out + ".md").read()
+    assert text.count("| run | objective |") == 2 and "| real | digits | train split |" in text
+    image = Image.open(out + ".png")
+    assert image.size == (2 * plot.PANEL[0] + plot.LEGEND_WIDTH, plot.PANEL[1])
+    # the legend holds one colour per objective/sampler line and the dashed reference
+    legend = np.asarray(image.convert("RGB"))[:, 2 * plot.PANEL[0] :]
+    for colour in [*plot.PALETTE[:2], plot.REFERENCE]:
+        assert (legend == np.array(colour)).all(-1).any(), colour
+    assert f"plot: {out}.png" in capsys.readouterr().out

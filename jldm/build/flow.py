@@ -1,10 +1,13 @@
-"""Config -> the probability-flow solvers dpmpp2m and heun on the objective's process.
+"""Config -> the probability-flow solvers dpmpp2m and heun on the objective's process, and the
+flow-matching samplers euler and heun.
 
-Both run in the EDM frame (jldm.diffusion.solvers): the discrete schedule of ddpm or the SDE of
-vesde / vpsde / subvpsde, read as a denoiser D(x / alpha, sigma). They start at min(the model's
-sigma_max, sample.sigma_max) and end on sigma = 0 with D itself. dpmpp2m's grid is uniform in
-log-SNR, heun's is Karras et al.'s (sample.rho); a discrete model's grid sits on distinct
-timesteps of its own.
+dpmpp2m and heun run in the EDM frame (jldm.diffusion.solvers): the discrete schedule of ddpm,
+the SDE of vesde / vpsde / subvpsde, EDM's denoiser or the flow's velocity, read as a denoiser
+D(x / alpha, sigma). They start at min(the model's sigma_max, sample.sigma_max) and end on
+sigma = 0 with D itself. dpmpp2m's grid is uniform in log-SNR, heun's is Karras et al.'s
+(sample.rho); a discrete model's grid sits on distinct timesteps of its own. For objective=flow,
+euler and heun step dx/dt = v(x, t) on a grid uniform in t from the prior N(0, I) at t = 1 to
+t = 0 (jldm.diffusion.flow_matching).
 """
 
 from collections.abc import Callable
@@ -13,7 +16,7 @@ import jax
 import ml_collections
 
 from jldm.build.noise import build_schedule, build_sde
-from jldm.diffusion import solvers
+from jldm.diffusion import edm, flow_matching, solvers
 from jldm.errors import UserError
 
 
@@ -22,6 +25,10 @@ def frame(config: ml_collections.ConfigDict, clip: bool = False) -> solvers.Fram
     f = config.diffusion
     if f.objective == "ddpm":
         return solvers.discrete_frame(build_schedule(config), f.prediction, clip)
+    if f.objective == "edm":
+        return edm.edm_frame(f.sigma_min, f.sigma_max, f.sigma_data)
+    if f.objective == "flow":
+        return flow_matching.flow_frame(config.sample.get("eps", 1e-3))
     sde = build_sde(config)
     if sde is None:
         raise UserError(f"diffusion.objective={f.objective!r} has no probability-flow ODE")
@@ -60,9 +67,29 @@ def dpmpp2m(p) -> Callable:
     )
 
 
+def _on_time_grid(p, solve: Callable) -> Callable:
+    """sample(fn, key, known): solve(v, x1, ts, key, known) from x1 ~ N(0, I) over p.steps."""
+    ts = flow_matching.time_grid(p.steps)
+
+    def go(fn, key, known=None):
+        k_init, k_run = jax.random.split(key)
+        return solve(fn, jax.random.normal(k_init, p.shape), ts, k_run, known)
+
+    return go
+
+
+def euler(p) -> Callable:
+    """Euler on the flow's ODE for a samplers.Plan p: p.steps evaluations, uniform in t."""
+    return _on_time_grid(p, flow_matching.euler)
+
+
 def heun(p) -> Callable:
-    """Heun for a samplers.Plan p on Karras et al.'s grid: 2 p.steps - 1 evaluations, churn
-    from sample.s_churn, s_tmin, s_tmax, s_noise."""
+    """Heun for a samplers.Plan p: 2 p.steps - 1 evaluations. On Karras et al.'s grid, churn
+    from sample.s_churn, s_tmin, s_tmax, s_noise; for objective=flow, uniform in t."""
+    if p.config.diffusion.objective == "flow":
+        if float(p.config.sample.get("s_churn", 0.0)) > 0:
+            raise UserError("sample.s_churn > 0: the flow's heun sampler has no churn, set it to 0")
+        return _on_time_grid(p, flow_matching.heun)
     s, fr = p.config.sample, frame(p.config, p.clip)
     first = start(p.config, fr)
     sigmas = solvers.karras_sigmas(fr, p.steps, first, float(s.get("rho", 7.0)))

@@ -11,7 +11,13 @@ The same network serves every objective; only what its inputs and output mean ch
   - score parameterisation: s = -u / std, u the UNet output (u estimates the noise z);
   - energy parameterisation: E = 0.5 |x_c - alpha D|^2 / std^2 with D the UNet output (a
     clean-data estimate), s = -grad_x E, which at D = 0 is the score of N(0, std^2 I).
+- edm: x = x0 + sigma z, the UNet wrapped as Karras et al.'s preconditioned denoiser D(x, sigma)
+  (jldm.diffusion.edm), log-normal training sigmas.
+- flow: the linear path x_t = (1 - t) x0 + t z, the UNet predicts the velocity z - x0 at time
+  input 999 t (jldm.diffusion.flow_matching).
 - esm, ism, sliced, dsm: the score matching objectives of the toy densities (2-D MLP).
+diffusion.weighting reweighs the noise levels of the image objectives (jldm.diffusion.weighting):
+min_snr everywhere, likelihood for the SDEs.
 """
 
 import dataclasses
@@ -21,9 +27,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jldm.build import noise
 from jldm.build.model import downsample, null_condition, sr_factor, upsample
 from jldm.build.noise import build_schedule, build_sde, ncsn_sigmas, noise_coefs
-from jldm.diffusion import score_losses
+from jldm.diffusion import edm, flow_matching, score_losses, weighting
 from jldm.diffusion.losses import drop_condition, make_ddpm_loss
 from jldm.errors import UserError
 
@@ -37,11 +44,14 @@ ScoreLoss = Callable[..., Callable]
 class Objective:
     """A training objective.
 
-    kind: "discrete" (the network's output under the discrete schedule, integer t) or "score"
-    (a score s(x, c)); samplers consume one kind. samplers: the names that apply, the first the
-    default. images/toy: whether it trains the image UNet / the toy-density MLP. score_loss: the
-    loss of a score objective on {"x": [B, ...]} (None for ddpm). check(config.diffusion)
-    refuses settings the objective cannot use.
+    kind: "discrete" (the network's output under the discrete schedule, integer t), "score"
+    (a score s(x, c)), "denoiser" (EDM's D(x, sigma)) or "velocity" (v(x, t) of flow matching);
+    samplers consume one kind. samplers: the names that apply, the first the default.
+    images/toy: whether it trains the image UNet / the toy-density MLP. score_loss: the loss of a
+    score objective on {"x": [B, ...]} (None for the others). check(config.diffusion) refuses
+    settings the objective cannot use. weightings: the diffusion.weighting values it takes.
+    image_loss(config, model, null) -> loss_fn on image batches, where not ddpm's or the score
+    objectives' own.
     """
 
     name: str
@@ -51,6 +61,8 @@ class Objective:
     toy: bool
     score_loss: ScoreLoss | None = None
     check: Callable[[ml_collections.ConfigDict], None] = lambda f: None
+    weightings: tuple[str, ...] = ("default",)
+    image_loss: Callable | None = None
 
 
 def _esm(config, apply_fn, energy, density):
@@ -73,82 +85,70 @@ def _dsm(config, apply_fn, energy, density):
 
 
 def _ncsn(config, apply_fn, energy, density):
-    return score_losses.make_ncsn_loss(apply_fn, ncsn_sigmas(config), energy)
+    return score_losses.make_ncsn_loss(
+        apply_fn, ncsn_sigmas(config), energy, *noise.weighting_of(config.diffusion)
+    )
 
 
 def _sde(config, apply_fn, energy, density):
-    return score_losses.make_sde_loss(apply_fn, build_sde(config), config.diffusion.eps_t, energy)
+    f = config.diffusion
+    return score_losses.make_sde_loss(
+        apply_fn, build_sde(config), f.eps_t, energy, *noise.weighting_of(f)
+    )
 
 
-def _positive(name: str, value) -> None:
-    if not value > 0:
-        raise UserError(f"diffusion.{name}={value} must be > 0: set a positive value")
+def _edm_loss(config, model, null) -> Callable:
+    f = config.diffusion
+    name, gamma = noise.weighting_of(f)
+    factor = None
+    if name == "min_snr":
+        factor = lambda s: weighting.min_snr_factor("edm", 1.0, s, gamma, f.sigma_data)
+    return edm.make_edm_loss(
+        make_net(config, model), f.sigma_data, f.p_mean, f.p_std, factor, null, f.cond_drop
+    )
 
 
-def _sigma_range(f) -> None:
-    if not 0 < f.sigma_min < f.sigma_max:
-        raise UserError(
-            f"diffusion.sigma_min={f.sigma_min}, sigma_max={f.sigma_max}: need "
-            "0 < sigma_min < sigma_max"
-        )
-
-
-def _check_ncsn(f) -> None:
-    _sigma_range(f)
-    if f.num_scales < 2:
-        raise UserError(f"diffusion.num_scales={f.num_scales} must be >= 2 for ncsn")
-
-
-def _check_vesde(f) -> None:
-    _sigma_range(f)
-    _positive("eps_t", f.eps_t)
-
-
-def _check_vp(f) -> None:
-    if not 0 < f.beta_min <= f.beta_max:
-        raise UserError(
-            f"diffusion.beta_min={f.beta_min}, beta_max={f.beta_max}: need 0 < beta_min <= beta_max"
-        )
-    _positive("eps_t", f.eps_t)
-
-
-def _check_sliced(f) -> None:
-    if f.n_projections < 1:
-        raise UserError(f"diffusion.n_projections={f.n_projections} must be >= 1")
-    if f.probe not in ("rademacher", "gaussian"):
-        raise UserError(f"diffusion.probe={f.probe!r}: use rademacher or gaussian")
-
-
-def _check_ddpm(f) -> None:
-    if f.parameterization != "score":
-        raise UserError("diffusion.parameterization=energy needs a score objective (ncsn, *sde)")
-    if f.prediction not in ("eps", "x0", "v"):
-        raise UserError(f"diffusion.prediction={f.prediction!r}: use eps, x0 or v")
-    if not isinstance(f.timesteps, int) or f.timesteps < 1:
-        raise UserError(f"diffusion.timesteps={f.timesteps} must be an integer >= 1")
-    if not 0 <= f.cond_drop < 1:
-        raise UserError(f"diffusion.cond_drop={f.cond_drop} must be in [0, 1)")
+def _flow_loss(config, model, null) -> Callable:
+    f = config.diffusion
+    name, gamma = noise.weighting_of(f)
+    factor = None
+    if name == "min_snr":
+        factor = lambda t: weighting.min_snr_factor("velocity", 1.0 - t, t, gamma)
+    return flow_matching.make_flow_loss(
+        make_net(config, model),
+        f.time_sampling,
+        f.logit_mean,
+        f.logit_std,
+        factor,
+        null,
+        f.cond_drop,
+    )
 
 
 _SDE_SAMPLERS = ("pc", "em", "ode", "dpmpp2m", "heun")
+_SNR = ("default", "min_snr")
+_SDE = (*_SNR, "likelihood")
+_IMAGES, _TOY, _BOTH = (True, False), (False, True), (True, True)
 REGISTRY: dict[str, Objective] = {
     o.name: o
     for o in (
-        Objective(
-            "ddpm", "discrete", ("ddpm", "ddim", "dpmpp2m", "heun"), True, False, check=_check_ddpm
-        ),
-        Objective("ncsn", "score", ("als",), True, True, _ncsn, _check_ncsn),
-        Objective("vesde", "score", _SDE_SAMPLERS, True, True, _sde, _check_vesde),
-        Objective("vpsde", "score", _SDE_SAMPLERS, True, True, _sde, _check_vp),
-        Objective("subvpsde", "score", _SDE_SAMPLERS, True, True, _sde, _check_vp),
-        Objective("esm", "score", ("langevin",), False, True, _esm),
-        Objective("ism", "score", ("langevin",), False, True, _ism),
-        Objective("sliced", "score", ("langevin",), False, True, _sliced, _check_sliced),
-        Objective(
-            "dsm", "score", ("langevin",), False, True, _dsm, lambda f: _positive("sigma", f.sigma)
-        ),
+        Objective("ddpm", "discrete", ("ddpm", "ddim", "dpmpp2m", "heun"), *_IMAGES, None,
+                  noise.check_ddpm, _SNR),
+        Objective("ncsn", "score", ("als",), *_BOTH, _ncsn, noise.check_ncsn, _SNR),
+        Objective("vesde", "score", _SDE_SAMPLERS, *_BOTH, _sde, noise.check_vesde, _SDE),
+        Objective("vpsde", "score", _SDE_SAMPLERS, *_BOTH, _sde, noise.check_vp, _SDE),
+        Objective("subvpsde", "score", _SDE_SAMPLERS, *_BOTH, _sde, noise.check_vp, _SDE),
+        Objective("edm", "denoiser", ("heun", "dpmpp2m"), *_IMAGES, None, noise.check_edm, _SNR,
+                  _edm_loss),
+        Objective("flow", "velocity", ("euler", "heun", "dpmpp2m"), *_IMAGES, None,
+                  noise.check_flow, _SNR, _flow_loss),
+        Objective("esm", "score", ("langevin",), *_TOY, _esm),
+        Objective("ism", "score", ("langevin",), *_TOY, _ism),
+        Objective("sliced", "score", ("langevin",), *_TOY, _sliced, noise.check_sliced),
+        Objective("dsm", "score", ("langevin",), *_TOY, _dsm,
+                  lambda f: noise.positive("sigma", f.sigma)),
     )
-}
+}  # fmt: skip
 
 
 def get(config: ml_collections.ConfigDict, toy: bool = False) -> Objective:
@@ -164,6 +164,7 @@ def get(config: ml_collections.ConfigDict, toy: bool = False) -> Objective:
     if f.parameterization not in ("score", "energy"):
         raise UserError(f"diffusion.parameterization={f.parameterization!r}: use score or energy")
     objective.check(f)
+    noise.check_weighting(objective.name, objective.weightings, f)
     check_sampler(objective, config.sample.sampler, "sample.sampler")
     return objective
 
@@ -205,13 +206,21 @@ def make_score_net(config: ml_collections.ConfigDict, model) -> ScoreNet:
 def make_net(config: ml_collections.ConfigDict, model) -> Callable:
     """net(params, x, c, labels, train=False, rngs=None): what the objective's samplers consume.
 
-    discrete: the UNet's prediction at integer times c; score: the score at noise levels c.
+    discrete: the UNet's prediction at integer times c; score: the score at noise levels c;
+    denoiser: EDM's D(x, sigma = c); velocity: the flow's v(x, t = c), time input 999 t.
     """
-    if REGISTRY[config.diffusion.objective].kind == "score":
+    kind = REGISTRY[config.diffusion.objective].kind
+    if kind == "score":
         return make_score_net(config, model)
+    sigma_data = config.diffusion.get("sigma_data", 0.5)
 
-    def net(params, x, t, labels, train=False, rngs=None):
-        return model.apply({"params": params}, x, t, labels, train, rngs=rngs)
+    def net(params, x, c, labels, train=False, rngs=None):
+        def unet(x_in, t_in):
+            return model.apply({"params": params}, x_in, t_in, labels, train, rngs=rngs)
+
+        if kind == "denoiser":
+            return edm.denoise(unet, x, c, sigma_data)
+        return unet(x, 999.0 * c if kind == "velocity" else c)
 
     return net
 
@@ -249,8 +258,9 @@ def _ddpm_loss(config, model, null) -> Callable:
             apply_fn,
             build_schedule(config),
             config.diffusion.prediction,
-            null_label=null,
-            cond_drop=config.diffusion.cond_drop,
+            null,
+            config.diffusion.cond_drop,
+            *noise.weighting_of(config.diffusion),
         )
 
     if factor == 1:
@@ -275,4 +285,6 @@ def build_loss(config: ml_collections.ConfigDict, model) -> Callable:
         return _ddpm_loss(config, model, null)
     if sr_factor(config) > 1:
         raise UserError("model.low_res_factor > 1 (super-resolution) needs objective=ddpm")
+    if objective.image_loss is not None:
+        return objective.image_loss(config, model, null)
     return _score_loss(config, objective, model, null)

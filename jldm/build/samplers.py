@@ -2,11 +2,12 @@
 its network evaluations (NFE) for a step count and the step count for an NFE budget.
 
 A discrete sampler (ddpm, ddim) consumes the network's prediction under the discrete schedule; a
-score sampler (langevin, als, pc, em, ode) consumes a score s(x, c); dpmpp2m and heun take
-either, read as a denoiser (jldm.build.flow). The meaning of `steps`: ddim, pc, em, ode,
-dpmpp2m, heun, langevin: steps of the chain; als: steps per noise level; ddpm: ignored (all T
-steps). Every setting is read from the config when the sampler is built, never inside the
-traced function.
+score sampler (langevin, als, pc, em, ode) consumes a score s(x, c); euler consumes the flow's
+velocity v(x, t); dpmpp2m and heun take any of these and EDM's denoiser D(x, sigma), read as a
+denoiser (jldm.build.flow; heun steps a flow's velocity in t). The meaning of `steps`: ddim,
+pc, em, ode, dpmpp2m, heun, euler, langevin: steps of the chain; als: steps per noise level;
+ddpm: ignored (all T steps). Every setting is read from the config when the sampler is built,
+never inside the traced function.
 """
 
 import dataclasses
@@ -280,6 +281,14 @@ REGISTRY: dict[str, Sampler] = {
             nfe=lambda c, steps: 2 * steps - 1,
             steps_for=lambda c, nfe: _bounded(c, _at_least_one((nfe + 1) // 2)),
             max_steps=flow.max_steps,
+            inpaints=True,
+        ),
+        Sampler(
+            "euler",
+            "velocity",
+            flow.euler,
+            nfe=lambda c, steps: steps,
+            steps_for=lambda c, nfe: _at_least_one(nfe),
             inpaints=True,
         ),
     )

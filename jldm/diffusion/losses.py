@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jldm.diffusion.schedules import Schedule, q_sample, target
+from jldm.diffusion.weighting import min_snr_factor
 
 # apply_fn(params, x_t [B,H,W,C], t [B] int, labels [B] int, train, rngs) -> output [B,H,W,C]
 ApplyFn = Callable[..., jax.Array]
@@ -26,6 +27,8 @@ def make_ddpm_loss(
     prediction: str = "eps",
     null_label=None,
     cond_drop: float = 0.0,
+    weighting: str = "default",
+    gamma: float = 5.0,
 ) -> Callable:
     """DDPM regression loss: |target - f(x_t, t, y)|^2 with target eps, x0 or v.
 
@@ -33,9 +36,13 @@ def make_ddpm_loss(
     [-1, 1], "label": [B] class ids or [B, L] token ids}. With cond_drop > 0, an example's
     condition is replaced by `null_label` (a class id, or the empty prompt's ids [L]) with that
     probability, which trains the unconditional model for classifier-free guidance.
+    weighting "min_snr" multiplies each sample's error by min(SNR, gamma) / w, w the x0 weight
+    of the target (jldm.diffusion.weighting), SNR = abar / (1 - abar).
     """
     if cond_drop > 0 and null_label is None:
         raise ValueError("cond_drop > 0 needs a null_label")
+    if weighting not in ("default", "min_snr"):
+        raise ValueError(f"weighting {weighting!r} does not apply to ddpm: use default or min_snr")
 
     def loss_fn(params, rng: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
         x0, labels = batch["image"], batch["label"]
@@ -47,6 +54,10 @@ def make_ddpm_loss(
             labels = drop_condition(k_drop, labels, null_label, cond_drop)
         out = apply_fn(params, x_t, t, labels, True, {"dropout": k_dropout})
         err = jnp.square(out - target(schedule, x0, t, noise, prediction))
+        if weighting == "min_snr":
+            abar = schedule.alphas_cumprod[t]
+            w = min_snr_factor(prediction, jnp.sqrt(abar), jnp.sqrt(1.0 - abar), gamma)
+            err = err * w.reshape((-1,) + (1,) * (err.ndim - 1))
         loss = jnp.mean(err)
         return loss, {"loss": loss}
 

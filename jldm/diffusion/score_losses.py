@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jldm.diffusion import weighting as weights
 from jldm.diffusion.sde import SDE
 
 ApplyFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
@@ -166,11 +167,20 @@ def make_dsm_loss(apply_fn: ApplyFn, sigma: float, energy: bool = False) -> Loss
     return loss_fn
 
 
-def make_ncsn_loss(apply_fn: ApplyFn, sigmas: jax.Array, energy: bool = False) -> LossFn:
+def make_ncsn_loss(
+    apply_fn: ApplyFn,
+    sigmas: jax.Array,
+    energy: bool = False,
+    weighting: str = "default",
+    gamma: float = 5.0,
+) -> LossFn:
     """NCSN: DSM with sigma drawn uniformly from the ladder per sample, lambda(sigma) = sigma^2.
 
-    rng splits into (level index key, eps key); metrics add the mean sigma drawn.
+    weighting "min_snr" multiplies each sample by min(SNR, gamma) / SNR, SNR = 1 / sigma^2
+    (jldm.diffusion.weighting). rng splits into (level index key, eps key); metrics add the
+    mean sigma drawn.
     """
+    _refuse_weighting(weighting, ("default", "min_snr"))
     sigmas = jnp.asarray(sigmas, jnp.float32)
     score = as_score(apply_fn, energy)
 
@@ -179,27 +189,55 @@ def make_ncsn_loss(apply_fn: ApplyFn, sigmas: jax.Array, energy: bool = False) -
         k_idx, k_eps = jax.random.split(rng)
         sig = sigmas[jax.random.randint(k_idx, (x.shape[0],), 0, sigmas.shape[0])]
         eps = jax.random.normal(k_eps, x.shape, x.dtype)
-        loss = jnp.mean(_dsm(score, params, x, sig, eps, sig))
+        per = _dsm(score, params, x, sig, eps, sig)
+        if weighting == "min_snr":
+            per = per * weights.min_snr_factor("eps", jnp.ones_like(sig), sig, gamma)
+        loss = jnp.mean(per)
         return loss, {"loss": loss, "sigma": jnp.mean(sig)}
 
     return loss_fn
 
 
-def make_sde_loss(apply_fn: ApplyFn, sde: SDE, eps_t: float = 1e-5, energy: bool = False) -> LossFn:
+def _refuse_weighting(weighting: str, allowed: tuple[str, ...]) -> None:
+    if weighting not in allowed:
+        raise ValueError(f"weighting {weighting!r} does not apply here: use {', '.join(allowed)}")
+
+
+def make_sde_loss(
+    apply_fn: ApplyFn,
+    sde: SDE,
+    eps_t: float = 1e-5,
+    energy: bool = False,
+    weighting: str = "default",
+    gamma: float = 5.0,
+) -> LossFn:
     """Continuous-time DSM: 0.5 std(t)^2 |s(x_t, t) + z / std(t)|^2, t ~ U(eps_t, T).
 
     x_t = alpha(t) x0 + std(t) z; rng splits into (t key, z key); the network gets c = t.
+    weighting (jldm.diffusion.weighting): "min_snr" multiplies each sample by min(SNR, gamma) /
+    SNR, SNR = alpha^2 / std^2; "likelihood" weighs by g(t)^2 instead of std(t)^2, with t drawn
+    proportionally to g^2 / std^2 and every sample weighted by Z = int g^2 / std^2 dt, so the
+    loss is 0.5 int_eps_t^T g^2 E|s - grad log p_0t|^2 dt: the negative ELBO of x_eps_t in nats
+    per sample, less terms free of the model.
     """
+    _refuse_weighting(weighting, weights.WEIGHTINGS)
     score = as_score(apply_fn, energy)
+    norm = weights.likelihood_norm(sde, eps_t) if weighting == "likelihood" else 1.0
 
     def loss_fn(params, rng: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
         x = batch["x"]
         k_t, k_z = jax.random.split(rng)
-        t = jax.random.uniform(k_t, (x.shape[0],), x.dtype, eps_t, sde.T)
+        if weighting == "likelihood":
+            t = weights.likelihood_times(sde, k_t, x.shape[0], eps_t).astype(x.dtype)
+        else:
+            t = jax.random.uniform(k_t, (x.shape[0],), x.dtype, eps_t, sde.T)
         z = jax.random.normal(k_z, x.shape, x.dtype)
         mean, std = sde.marginal(x, t)
         s = score(params, mean + std * z, t)
-        loss = 0.5 * jnp.mean(sq_norm(std * s + z))
+        per = 0.5 * sq_norm(std * s + z)
+        if weighting == "min_snr":
+            per = per * weights.min_snr_factor("eps", *sde.mean_coef_std(t), gamma)
+        loss = norm * jnp.mean(per)
         return loss, {"loss": loss}
 
     return loss_fn
