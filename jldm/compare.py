@@ -1,18 +1,13 @@
-"""Compare trained runs at one sampling budget: python -m jldm.compare W1 W2 ... --nfe 200.
+"""Compare trained runs: python -m jldm.compare W1 W2 ... --nfe 200 (or --grid).
 
-Every workdir is sampled with its own configured sampler, its step count set so that one image
-costs about --nfe network evaluations (guidance included), the same images per class and seed.
-Prints a Markdown table and writes it with one JSON object per run (OUT.md, OUT.jsonl):
-objective, sampler, NFE, compile and sampling seconds, images/s, the training speed read from
-the run's metrics (median steps/s, and for a latent run its stage 1's too), class accuracy and
-Frechet distance in the project's classifier space (a text-conditional run is prompted with each
-class's first caption), and bits/dim of the test split where the objective defines it.
-
-A VAE run (configs/*_vae.py) gets a row of the same columns: its sampler is the prior (one
-decoder pass per image, whatever --nfe), its bits/dim the importance-weighted bound with
---iwae_samples draws (elbo_bpd: the negative ELBO's), on the same dequantised test images, and
-bpd_nfe the decoder passes per image (times the classes: a conditional VAE's p(x) is
-marginalised over them, as the diffusion runs are scored unconditionally).
+--nfe: each run's sampler at about --nfe network evaluations per image (guidance included):
+a table (OUT.md, OUT.jsonl) of sampling and training speed, class accuracy, Frechet distance,
+precision and recall in the project's classifier space, and the test split's bits/dim where
+the model has a density (jldm.sampling.likelihood.summary) with its evaluations per image.
+--grid: every sampler of each run (or of --samplers) at each of --budgets, one row per step
+count (none above the largest budget), and the bits/dim table; OUT.png plots Frechet distance
+and recall against NFE, one line per objective/sampler, with the figures of as many real
+training images (the samples' classes, at the model's resolution) dashed.
 """
 
 import json
@@ -24,45 +19,41 @@ import numpy as np
 from absl import flags
 
 from jldm import api
-from jldm.build import build_sde, samplers
+from jldm.build import objectives, samplers
 from jldm.cli import run_main
 from jldm.errors import UserError
+from jldm.eval.plot import nfe_plot
+from jldm.sampling import likelihood
 from jldm.sampling.run import decode, encode_images
 
 flags.DEFINE_integer("nfe", 200, "Network evaluations per image, guidance included.")
+flags.DEFINE_bool("grid", False, "Run every sampler at every --budgets NFE and plot OUT.png.")
+flags.DEFINE_list("budgets", ["10", "20", "50", "100", "200"], "--grid: NFE budgets.")
+flags.DEFINE_list("samplers", [], "--grid: samplers to run (default: each objective's all).")
 flags.DEFINE_integer("per_class", 50, "Samples per class for the quality figures.")
 flags.DEFINE_float("guidance", None, "Guidance scale for every run (default: each config's).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("bpd_images", 256, "Test images for bits/dim (0 skips it).")
 flags.DEFINE_integer("bpd_steps", 0, "Fixed RK4 steps of the likelihood ODE (0: adaptive).")
 flags.DEFINE_float("bpd_tol", 1e-5, "Tolerance of the adaptive likelihood ODE solver.")
-flags.DEFINE_integer(
-    "iwae_samples",
-    None,
-    "VAE runs: importance samples K (default: each config's vae.iwae_samples).",
-)
-flags.DEFINE_string("out", "compare", "Output prefix: OUT.md and OUT.jsonl.")
+flags.DEFINE_integer("bpd_max_steps", 2000, "Step attempts of the adaptive ODE per image.")
+flags.DEFINE_integer("bpd_terms", 0, "ddpm: terms of the bound's estimate (0: all T).")
+flags.DEFINE_integer("iwae_samples", None, "VAE runs: importance samples K (default: config's).")
+flags.DEFINE_string("out", "compare", "Output prefix: OUT.md, OUT.jsonl (and --grid: OUT.png).")
 FLAGS = flags.FLAGS
 
-COLUMNS = [
-    ("run", "{}"),
-    ("objective", "{}"),
-    ("sampler", "{}"),
-    ("nfe", "{}"),
-    ("compile_s", "{:.1f}"),
-    ("sample_s", "{:.2f}"),
-    ("images_s", "{:.1f}"),
-    ("train_steps_s", "{:.2f}"),
-    ("stage1_steps_s", "{:.2f}"),
-    ("class_accuracy", "{:.3f}"),
-    ("frechet", "{:.2f}"),
-    ("precision", "{:.3f}"),
-    ("recall", "{:.3f}"),
-    ("bits_per_dim", "{:.3f}"),
-    ("elbo_bpd", "{:.3f}"),
-    ("bpd_nfe", "{:.0f}"),
-    ("ae_psnr", "{:.2f}"),
-]
+_RUN = [("run", "{}"), ("objective", "{}")]
+_QUALITY = [("class_accuracy", "{:.3f}"), ("frechet", "{:.2f}")]
+_QUALITY += [("precision", "{:.3f}"), ("recall", "{:.3f}")]
+_BPD = [("bits_per_dim", "{:.3f}"), ("elbo_bpd", "{:.3f}"), ("bpd_nfe", "{:.0f}")]
+_SPEED = [("compile_s", "{:.1f}"), ("sample_s", "{:.2f}"), ("images_s", "{:.1f}")]
+COLUMNS = [*_RUN, ("sampler", "{}"), ("nfe", "{}"), *_SPEED]
+COLUMNS += [("train_steps_s", "{:.2f}"), ("stage1_steps_s", "{:.2f}"), *_QUALITY, *_BPD]
+COLUMNS += [("ae_psnr", "{:.2f}")]
+GRID_COLUMNS = [*_RUN, ("sampler", "{}"), ("steps", "{}"), ("nfe", "{}"), *_QUALITY]
+GRID_COLUMNS += [("sample_s", "{:.2f}")]
+BPD_COLUMNS = [*_RUN, ("bpd_method", "{}"), *_BPD, ("bpd_images", "{}")]
+_FIGURES = ("class_accuracy", "frechet", "precision", "recall")
 
 
 def train_speed(workdir: str) -> float | None:
@@ -109,47 +100,60 @@ def timed(gen, seed: int) -> tuple[np.ndarray, float, float]:
     return images, t1 - t0, time.perf_counter() - t1
 
 
-def vae_row(run: api.Loaded, per_class: int, seed: int, bpd_images: int, samples: int | None):
-    """The figures of a VAE run: prior samples timed, their quality, its bits/dim bounds."""
-    from jldm.build.vae import is_conditional
+def quality(images: np.ndarray, labels: np.ndarray, config) -> dict:
+    """class_accuracy, frechet, precision, recall of images in [0, 1] (digits, Fashion-MNIST)."""
     from jldm.eval.quality import sample_quality
-    from jldm.sampling.vae import prior_generator
-    from jldm.sampling.vae_likelihood import eval_pixels, has_density, vae_bits_per_dim
+
+    d = config.data
+    if d.name not in ("digits", "fashion_mnist"):
+        return {}
+    q = sample_quality(images, labels, d.name, d.data_dir, d.fashion_dir)
+    return {k: q.get(k) for k in _FIGURES}
+
+
+def sample_row(run: api.Loaded, sampler: str, steps: int, g: float, per_class: int, seed: int):
+    """per_class samples of every class by sampler in steps at guidance g (a VAE: its prior,
+    one decoder pass per image), timed and scored."""
+    from jldm.build.vae import is_vae
 
     config = run.config
-    d = config.data
-    labels = np.repeat(np.arange(d.num_classes, dtype=np.int32), per_class)
-    gen = prior_generator(run, labels, temperature=config.sample.temperature)
+    labels = np.repeat(np.arange(config.data.num_classes, dtype=np.int32), per_class)
+    if is_vae(config):
+        gen = api.make_generator(run, labels, temperature=config.sample.temperature)
+        what = {"objective": "vae", "parameterization": config.model.likelihood}
+        what.update(sampler="prior", steps=1, nfe=1)
+    else:
+        cond, f = api.conditions(run, labels), config.diffusion
+        gen = api.make_generator(run, cond, sampler=sampler, steps=steps, guidance=g,
+                                 eta=config.sample.eta)  # fmt: skip
+        what = {"objective": f.objective, "parameterization": f.parameterization}
+        what.update(sampler=sampler, steps=steps, guidance=g)
+        what["nfe"] = samplers.nfe(config, sampler, steps, g)
     images, compile_s, sample_s = timed(gen, seed)
-    row = {
-        "objective": "vae",
-        "parameterization": config.model.likelihood,
-        "sampler": "prior",
-        "steps": 1,
-        "nfe": 1,
-        "compile_s": compile_s,
-        "sample_s": sample_s,
-        "images_s": len(labels) / sample_s,
-        "num_samples": len(labels),
-    }
-    if d.name in ("digits", "fashion_mnist"):
-        cond = labels if is_conditional(config) else None
-        q = sample_quality(images, cond, d.name, d.data_dir, d.fashion_dir)
-        row.update({k: q.get(k) for k in ("class_accuracy", "frechet", "precision", "recall")})
-    if bpd_images > 0 and has_density(config):
-        pixels, _ = eval_pixels(config, bpd_images)
-        out = vae_bits_per_dim(run, pixels, seed=seed, samples=samples)
-        prefix = "" if out["data"] == "8-bit" else "binary_"  # binary: not the same data
-        row.update(
-            {
-                f"{prefix}bits_per_dim": float(np.mean(out["iwae"])),
-                f"{prefix}elbo_bpd": float(np.mean(out["elbo"])),
-                "bpd_images": len(pixels),
-                "bpd_nfe": float(out["decoder_evals"]),
-                "iwae_samples": out["samples"],
-            }
-        )
-    return row
+    what.update(compile_s=compile_s, sample_s=sample_s, images_s=len(labels) / sample_s)
+    return {**what, "num_samples": len(labels), **quality(images, labels, config)}
+
+
+def bpd_row(run: api.Loaded, images: int, seed: int, options: dict) -> dict:
+    """bits/dim of the first `images` test images (8-bit at the model's resolution), their
+    method and evaluations per image ({} where the run defines no density)."""
+    from jldm.sampling.vae_likelihood import eval_pixels
+
+    if images <= 0 or not likelihood.method(run.config):
+        return {}
+    pixels, _ = eval_pixels(run.config, images)
+    return likelihood.summary(run, pixels, seed=seed, **options)
+
+
+def bpd_options(steps=0, tol=1e-5, max_steps=2000, terms=0, iwae_samples=None) -> dict:
+    """bits_per_dim's options from compare's settings (0: adaptive ODE, all T terms)."""
+    return dict(steps=steps or None, tol=tol, max_steps=max_steps, terms=terms or None,
+                iwae_samples=iwae_samples)  # fmt: skip
+
+
+def _base(workdir: str, run: api.Loaded) -> dict:
+    name = os.path.basename(os.path.normpath(workdir))
+    return {"run": name, "workdir": workdir, "step": run.step, "bits_per_dim": None}
 
 
 def compare_one(
@@ -162,112 +166,137 @@ def compare_one(
     bpd_steps: int = 0,
     bpd_tol: float = 1e-5,
     iwae_samples: int | None = None,
+    bpd_max_steps: int = 2000,
+    bpd_terms: int = 0,
 ) -> dict:
     """One row of the table for the run in workdir (guidance None: the run's config)."""
     from jldm.build.vae import is_vae
-    from jldm.eval.quality import sample_quality
-    from jldm.sampling.vae_likelihood import eval_pixels
 
     run = api.load(workdir)
-    base = {
-        "run": os.path.basename(os.path.normpath(workdir)),
-        "workdir": workdir,
-        "step": run.step,
-        "train_steps_s": train_speed(workdir),
-    }
-    if is_vae(run.config):
-        return {**base, **vae_row(run, per_class, seed, bpd_images, iwae_samples)}
-    d, s = run.config.data, run.config.sample
-    stage1_speed = None
+    row = {**_base(workdir, run), "train_steps_s": train_speed(workdir), "stage1_steps_s": None}
+    s = run.config.sample
+    g = s.get("guidance", 1.0) if guidance is None else guidance
+    sampler = "prior" if is_vae(run.config) else s.sampler
+    # ddpm runs all T steps whatever nfe; its NFE is reported as it is.
+    steps = 1 if is_vae(run.config) else samplers.steps_for_nfe(run.config, sampler, nfe, g)
+    row.update(sample_row(run, sampler, steps, g, per_class, seed))
     if run.stage1 is not None:
         from jldm.train.ldm import stage1_folder
 
-        stage1_speed = train_speed(stage1_folder(run.config, workdir))
-    g = s.guidance if guidance is None else guidance
-    # ddpm runs every one of its T steps: its NFE is reported as it is.
-    steps = samplers.steps_for_nfe(run.config, s.sampler, nfe, g)
-    labels = np.repeat(np.arange(d.num_classes, dtype=np.int32), per_class)
-    gen = api.make_generator(
-        run, api.conditions(run, labels), sampler=s.sampler, steps=steps, guidance=g, eta=s.eta
-    )
-    images, compile_s, sample_s = timed(gen, seed)
-    row = {
-        **base,
-        "objective": run.config.diffusion.objective,
-        "parameterization": run.config.diffusion.parameterization,
-        "sampler": s.sampler,
-        "steps": steps,
-        "nfe": samplers.nfe(run.config, s.sampler, steps, g),
-        "guidance": g,
-        "compile_s": compile_s,
-        "sample_s": sample_s,
-        "images_s": len(labels) / sample_s,
-        "stage1_steps_s": stage1_speed,
-        "num_samples": len(labels),
-        "bits_per_dim": None,
-    }
-    if d.name in ("digits", "fashion_mnist"):
-        q = sample_quality(images, labels, d.name, d.data_dir, d.fashion_dir)
-        row.update({k: q.get(k) for k in ("class_accuracy", "frechet", "precision", "recall")})
-    if run.stage1 is not None:
+        row["stage1_steps_s"] = train_speed(stage1_folder(run.config, workdir))
         row.update(autoencoder_error(run))
-    if bpd_images > 0 and build_sde(run.config) is not None:
-        u8, _ = eval_pixels(run.config, bpd_images)  # the test split rendered at 8 bits
-        bpd, bpd_nfe = api.bits_per_dim(
-            run, u8, seed=seed, steps=bpd_steps or None, tol=bpd_tol, with_nfe=True
-        )
-        row.update(
-            bits_per_dim=float(np.mean(bpd)), bpd_images=len(bpd), bpd_nfe=float(bpd_nfe.mean())
-        )
-    return row
+    options = bpd_options(bpd_steps, bpd_tol, bpd_max_steps, bpd_terms, iwae_samples)
+    return {**row, **bpd_row(run, bpd_images, seed, options)}
 
 
-def markdown(rows: list[dict]) -> str:
+def grid_rows(run: api.Loaded, budgets: list[int], per_class: int, guidance, seed: int, only=()):
+    """The run's samplers (those in only, if given) at each budget: one row per sampler and
+    step count, none above the largest budget. A VAE run gives its one prior row."""
+    from jldm.build.vae import is_vae
+
+    config = run.config
+    if is_vae(config):
+        return [sample_row(run, "prior", 1, 1.0, per_class, seed)]
+    g = config.sample.guidance if guidance is None else guidance
+    rows = []
+    for sampler in [n for n in objectives.get(config).samplers if not only or n in only]:
+        steps = {samplers.steps_for_nfe(config, sampler, b, g) for b in budgets}
+        for n in sorted(n for n in steps if samplers.nfe(config, sampler, n, g) <= max(budgets)):
+            rows.append(sample_row(run, sampler, n, g, per_class, seed))
+    return rows
+
+
+def real_row(config, per_class: int) -> dict | None:
+    """The quality figures of per_class real training images of every class, rendered at the
+    model's resolution: what samples of the data distribution itself score (None where the
+    dataset has no quality figures)."""
+    from jldm.data import load_split, preprocess, to_unit
+
+    d = config.data
+    if d.name not in ("digits", "fashion_mnist"):
+        return None
+    train = load_split(d.name, "train", d.data_dir, d.fashion_dir)
+    pick = [np.flatnonzero(train.labels == c)[:per_class] for c in range(d.num_classes)]
+    pick = np.concatenate(pick)
+    images = to_unit(preprocess(train.images[pick], d.resolution))
+    figures = quality(images, train.labels[pick], config)
+    return {"run": "real", "objective": d.name, "sampler": "train split", **figures}
+
+
+def markdown(rows: list[dict], columns=COLUMNS) -> str:
     """The table of rows as Markdown; missing figures show as '-'."""
-    lines = [
-        "| " + " | ".join(name for name, _ in COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
-    ]
+    lines = ["| " + " | ".join(n for n, _ in columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        cells = [fmt.format(r[n]) if r.get(n) is not None else "-" for n, fmt in COLUMNS]
+        cells = [fmt.format(r[n]) if r.get(n) is not None else "-" for n, fmt in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _write(out: str, text: str, rows: list[dict]) -> None:
+    try:
+        with open(out + ".md", "w") as f:
+            f.write(text + "\n")
+        with open(out + ".jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    except OSError as e:
+        raise UserError(f"cannot write {out}.md ({e.strerror}): pick another --out") from None
+
+
+def compare_grid(
+    workdirs: list[str], budgets: list[int], per_class: int, guidance: float | None, seed: int,
+    bpd_images: int, options: dict, only: tuple[str, ...] = (),
+) -> tuple[list[dict], list[dict], dict | None]:  # fmt: skip
+    """(grid rows, one bits/dim row per run, the real images' row or None) of --grid."""
+    from jldm.build.vae import is_vae
+
+    grid, bpd, real = [], [], None
+    for w in map(os.path.abspath, workdirs):
+        run = api.load(w)
+        for r in grid_rows(run, budgets, per_class, guidance, seed, only):
+            grid.append({**_base(w, run), **r})
+            print(json.dumps(grid[-1]), flush=True)
+        objective = "vae" if is_vae(run.config) else run.config.diffusion.objective
+        bpd.append({**_base(w, run), "objective": objective})
+        bpd[-1].update(bpd_row(run, bpd_images, seed, options))
+        real = real or real_row(run.config, per_class)
+    return grid, bpd, real
 
 
 def main(workdirs: list[str]) -> None:
     if not workdirs:
         raise UserError("compare needs workdirs: python -m jldm.compare RUN1 RUN2 ...")
-    if FLAGS.nfe < 1 or FLAGS.per_class < 1:
-        raise UserError("--nfe and --per_class must be >= 1")
+    try:
+        budgets = [int(b) for b in FLAGS.budgets]
+    except ValueError:
+        raise UserError(f"--budgets={','.join(FLAGS.budgets)}: give integers, e.g. 10,20") from None
+    if FLAGS.nfe < 1 or FLAGS.per_class < 1 or not budgets or min(budgets) < 1:
+        raise UserError("--nfe, --per_class and every --budgets value must be >= 1")
     missing = [w for w in workdirs if not os.path.isdir(w)]
     if missing:
         raise UserError(f"workdir {missing[0]} does not exist: pass folders written by train.py")
-    rows = []
-    for w in workdirs:
-        row = compare_one(
-            os.path.abspath(w),
-            FLAGS.nfe,
-            FLAGS.per_class,
-            FLAGS.guidance,
-            FLAGS.seed,
-            FLAGS.bpd_images,
-            FLAGS.bpd_steps,
-            FLAGS.bpd_tol,
-            FLAGS.iwae_samples,
-        )
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    table = markdown(rows)
-    out = os.path.abspath(FLAGS.out)
-    try:
-        with open(out + ".md", "w") as f:
-            f.write(table + "\n")
-        with open(out + ".jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-    except OSError as e:
-        raise UserError(f"cannot write {out}.md ({e.strerror}): pick another --out") from None
-    print(table)
-    print(f"table: {out}.md {out}.jsonl")
+    out, f = os.path.abspath(FLAGS.out), FLAGS
+    options = bpd_options(f.bpd_steps, f.bpd_tol, f.bpd_max_steps, f.bpd_terms, f.iwae_samples)
+    if not f.grid:
+        rows = []
+        for w in workdirs:
+            rows.append(compare_one(os.path.abspath(w), f.nfe, f.per_class, f.guidance, f.seed,
+                                    f.bpd_images, f.bpd_steps, f.bpd_tol, f.iwae_samples,
+                                    f.bpd_max_steps, f.bpd_terms))  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+        _write(out, markdown(rows), rows)
+        print(markdown(rows) + f"\ntable: {out}.md {out}.jsonl")
+        return
+    grid, bpd, real = compare_grid(
+        workdirs, budgets, f.per_class, f.guidance, f.seed, f.bpd_images, options,
+        tuple(f.samplers),
+    )  # fmt: skip
+    reals = [real] if real else []
+    text = markdown(grid + reals, GRID_COLUMNS) + "\n\n" + markdown(bpd, BPD_COLUMNS)
+    tagged = [{"table": "grid", **r} for r in grid + reals]
+    _write(out, text, tagged + [{"table": "bits_per_dim", **r} for r in bpd])
+    plotted = any(r.get("frechet") is not None for r in grid)
+    png = nfe_plot(grid, real, out + ".png") if plotted else None
+    print(text + f"\ntables: {out}.md {out}.jsonl" + (f"; plot: {png}" if png else ""))
 
 
 def run() -> None:

@@ -1,11 +1,19 @@
-"""Exact log-likelihood through the probability-flow ODE, and bits per dimension.
+"""Exact log-likelihood through a probability-flow ODE, and bits per dimension.
 
-Along the ODE dx/dt = f~(x, t), d log p_t(x(t)) / dt = -div f~, so
-log p_eps(x) = log p_T(x(T)) + int_eps^T div f~(x(t), t) dt, with p_T replaced by the prior.
+Along any flow dx/dt = f(x, t) carrying the marginals p_t, d log p_t(x(t)) / dt = -div f, so
+log p_t0(x) = log p_t1(x(t1)) + int_t0^t1 div f(x(t), t) dt, with p_t1 replaced by the prior.
+The time may run either way (t1 < t0 too). Callers in a few lines:
+- an SDE objective: flow_likelihood(sde_drift(sde, score_fn), sde.prior_logp, x, eps, sde.T)
+  (what ode_likelihood does);
+- flow matching dx/dt = v(x, t), noise at t = 1: flow_likelihood(v, normal_logp, x, 0.0, 1.0);
+- EDM dx/dsigma = (x - D(x, sigma)) / sigma: flow_likelihood(that drift,
+  partial(normal_logp, std=sigma_max), x, sigma_min, sigma_max).
 """
 
+import functools
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +23,21 @@ from jldm.diffusion.score_samplers import odeint_adaptive, odeint_fixed
 from jldm.diffusion.sde import SDE
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+# drift(x [B,...], t [B]) -> dx/dt [B,...]; prior_logp(z [B,...]) -> [B]
+Drift = Callable[[jax.Array, jax.Array], jax.Array]
+PriorLogp = Callable[[jax.Array], jax.Array]
+
+
+class FlowLikelihood(NamedTuple):
+    """What flow_likelihood returns, per image: logp [B] (nats, density of x in its own units),
+    bpd [B], z [B,...] = x(t1), nfe [B] drift evaluations (Hutchinson's vjp counts one) and
+    done [B]: the solver reached t1 (False: stopped at max_steps, logp and bpd meaningless)."""
+
+    logp: jax.Array
+    bpd: jax.Array
+    z: jax.Array
+    nfe: jax.Array
+    done: jax.Array
 
 
 def bits_per_dim(
@@ -39,6 +62,66 @@ def dequantize(
     return lo + (hi - lo) * u / levels
 
 
+def normal_logp(z: jax.Array, std: float = 1.0) -> jax.Array:
+    """log N(z; 0, std^2 I) summed over all but the batch axis. z: [B,...] -> [B]."""
+    sq = jnp.sum(jnp.square(z).reshape(z.shape[0], -1), axis=-1)
+    dim = math.prod(z.shape[1:])
+    return -0.5 * dim * math.log(2 * math.pi * std**2) - 0.5 * sq / std**2
+
+
+def sde_drift(sde: SDE, score_fn: ScoreFn) -> Drift:
+    """The probability-flow drift f - g^2 s / 2 of an SDE as drift(x [B,...], t [B])."""
+    return functools.partial(sde.ode_drift, score_fn)
+
+
+def flow_likelihood(
+    drift: Drift,
+    prior_logp: PriorLogp,
+    x: jax.Array,
+    t0: float,
+    t1: float,
+    probe: jax.Array | None = None,
+    *,
+    n_steps: int | None = None,
+    tol: float = 1e-5,
+    max_steps: int = 2000,
+    levels: int = 256,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+) -> FlowLikelihood:
+    """log p_t0(x) under the flow dx/dt = drift(x, t) from t0 (data) to t1 (prior). x: [B,...].
+
+    The flow and its divergence are integrated jointly in one loop on device: Dormand-Prince
+    with rtol = atol = tol and each image's own step sizes (see odeint_adaptive), or n_steps
+    fixed RK4 steps. probe [B,...]: Hutchinson's divergence v^T (d drift / dx) v with v held
+    fixed along the path (unbiased); None: the exact trace (D jvps). bpd: bits/dim of
+    `levels`-level data dequantised onto data_range = (lo, hi) (see bits_per_dim); the density
+    is of x in its own units, so data scaled otherwise passes its own range.
+    """
+    b = x.shape[0]
+
+    def flow(state, t):
+        y, _ = state
+        tb = jnp.broadcast_to(jnp.asarray(t, y.dtype), (b,))
+        fn = lambda z: drift(z, tb)
+        if probe is None:
+            return exact_trace(fn, y)
+        # v^T J by reverse mode rather than J v by forward mode: the same estimate, and a
+        # network with custom_vjp layers (no forward-mode rule) still works.
+        f, vjp = jax.vjp(fn, y)
+        (vj,) = vjp(probe)
+        return f, jnp.sum((vj * probe).reshape(b, -1), axis=-1)
+
+    y0 = (x, jnp.zeros((b,), x.dtype))
+    if n_steps is None:
+        (z, delta), nfe, done = odeint_adaptive(flow, y0, t0, t1, tol, tol, max_steps)
+    else:
+        (z, delta) = odeint_fixed(flow, y0, t0, t1, n_steps)
+        nfe, done = jnp.full((b,), 4 * n_steps, jnp.int32), jnp.ones((b,), bool)
+    logp = prior_logp(z) + delta
+    bpd = bits_per_dim(logp, math.prod(x.shape[1:]), levels, *data_range)
+    return FlowLikelihood(logp, bpd, z, nfe, done)
+
+
 def ode_likelihood(
     sde: SDE,
     score_fn: ScoreFn,
@@ -50,35 +133,28 @@ def ode_likelihood(
     eps: float = 1e-5,
     levels: int = 256,
     tol: float = 1e-5,
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """log p_eps(x), bits/dim, the prior point z = x(T) and the flow evaluations per image.
+    max_steps: int = 2000,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+) -> FlowLikelihood:
+    """log p_eps(x) under an SDE's probability-flow ODE from eps to T. x: [B,...].
 
-    x: [B,...] -> ([B], [B], [B,...], scalar). The flow and its divergence are integrated
-    jointly from eps to T in one loop on device: adaptive Dormand-Prince with rtol = atol = tol
-    by default, fixed-step RK4 when n_steps is given. For data concentrated at the scale s of a
+    flow_likelihood with the SDE's drift and prior. For data concentrated at the scale s of a
     pixel bin the divergence near eps is of order D g(t)^2 / (s^2 + std(t)^2): a uniform grid's
     first step, evaluated at eps, overshoots its integral by nats per dimension, while the
-    adaptive solver shortens its steps there. hutchinson: div ~ v^T
-    (grad f~) v with one probe per sample, v = sample_probe(key, x.shape, probe), held fixed
-    along the path (unbiased); otherwise the exact trace (D jvps). bits/dim assume `levels`-level
-    data scaled to [-1, 1] (see bits_per_dim).
+    adaptive solver shortens its steps there. hutchinson: one probe per sample,
+    v = sample_probe(key, x.shape, probe); otherwise the exact trace.
     """
     v = sample_probe(key, x.shape, probe) if hutchinson else None
-
-    def flow(state, t):
-        y, _ = state
-        drift = lambda z: sde.ode_drift(score_fn, z, jnp.full((z.shape[0],), t, z.dtype))
-        if hutchinson:
-            f, jv = jax.jvp(drift, (y,), (v,))
-            div = jnp.sum((v * jv).reshape(y.shape[0], -1), axis=-1)
-        else:
-            f, div = exact_trace(drift, y)
-        return f, div
-
-    y0 = (x, jnp.zeros((x.shape[0],), x.dtype))
-    if n_steps is None:
-        (z, delta), nfe = odeint_adaptive(flow, y0, eps, sde.T, tol, tol)
-    else:
-        (z, delta), nfe = odeint_fixed(flow, y0, eps, sde.T, n_steps), jnp.asarray(4 * n_steps)
-    logp = sde.prior_logp(z) + delta
-    return logp, bits_per_dim(logp, math.prod(x.shape[1:]), levels), z, nfe
+    return flow_likelihood(
+        sde_drift(sde, score_fn),
+        sde.prior_logp,
+        x,
+        eps,
+        sde.T,
+        v,
+        n_steps=n_steps,
+        tol=tol,
+        max_steps=max_steps,
+        levels=levels,
+        data_range=data_range,
+    )

@@ -5,6 +5,7 @@ A sampler takes score_fn(x [B,...], c [B]) -> grad_x log p [B,...], c a noise le
 time t, and a key; step i draws its noise from fold_in(key, i), so nothing leaves the device.
 """
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -202,54 +203,74 @@ def odeint_adaptive(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     max_steps: int = 2000,
-) -> tuple[Any, jax.Array]:
-    """Integrate dy/dt = f(y, t) from t0 to t1 by Dormand-Prince 5(4) with step-size control.
+) -> tuple[Any, jax.Array, jax.Array]:
+    """Integrate dy/dt = f(y, t) from t0 to t1 by Dormand-Prince 5(4), each sample on its own.
 
-    One step size for the whole pytree y (a batch moves together), in one lax.while_loop: a step
-    is accepted when the RMS of error / (atol + rtol |y|) is <= 1, and the next size is
-    h * clip(0.9 err^(-1/5), 0.2, 5). The first size is 1e-4 |t1 - t0| (shrunk by rejection
-    where the flow is stiff). Stops at t1 or after max_steps attempts. -> (y(t1), evaluations).
+    y is a pytree whose leaves share a leading batch axis B; f(y, t) gets the times t: [B]. Each
+    sample keeps its own time, step size and error norm, so its result does not depend on the
+    others in the batch (or on padding): a step is accepted when the RMS over the sample's
+    elements of error / (atol + rtol |y|) is <= 1, and its next size is
+    h * clip(0.9 err^(-1/5), 0.2, 5). The first size is 1e-4 |t1 - t0|. One lax.while_loop runs
+    until every sample reached t1 or made max_steps attempts; f sees the whole batch each
+    iteration, finished samples held in place. -> (y(t1), evaluations [B], reached t1 [B]).
     """
     span = t1 - t0
-    flat = lambda y: jnp.concatenate([a.ravel() for a in jax.tree_util.tree_leaves(y)])
+    leaves = jax.tree_util.tree_leaves(y0)
+    b = leaves[0].shape[0]
+    size = sum(math.prod(a.shape[1:]) for a in leaves)
+    per = lambda v, a: v.reshape((b,) + (1,) * (a.ndim - 1))
 
     def combine(y, h, ks, ws):
         def leaf(a, *kk):
-            return a + h * sum(w * k for w, k in zip(ws, kk, strict=False) if w != 0.0)
+            return a + per(h, a) * sum(w * k for w, k in zip(ws, kk, strict=False) if w != 0.0)
 
         return jax.tree_util.tree_map(leaf, y, *ks)
 
+    def sq_sum(tree):
+        return sum(
+            jnp.sum(jnp.square(a).reshape(b, -1), -1) for a in jax.tree_util.tree_leaves(tree)
+        )
+
     def step(state):
         t, y, k1, h, n, nfe = state
-        h = jnp.where((t1 - (t + h)) * span < 0, t1 - t, h)  # land exactly on t1
+        active = (t1 - t) * span > 0
+        active &= n < max_steps
+        last = (t1 - (t + h)) * span <= 0
+        h = jnp.where(active, jnp.where(last, t1 - t, h), 0.0)  # land exactly on t1
         ks = [k1]
         for c, a in zip(_DP_C[1:], _DP_A[1:], strict=True):
             ks.append(f(combine(y, h, ks, a), t + c * h))
         y_new = combine(y, h, ks, _DP_B)
         k7 = f(y_new, t + h)
-        err_vec = flat(combine(jax.tree_util.tree_map(jnp.zeros_like, y), h, ks + [k7], _DP_E))
-        scale = atol + rtol * jnp.maximum(jnp.abs(flat(y)), jnp.abs(flat(y_new)))
-        err = jnp.sqrt(jnp.mean((err_vec / scale) ** 2))
-        ok = err <= 1.0
-        factor = jnp.clip(0.9 * jnp.where(err > 0, err, 1e-10) ** -0.2, 0.2, 5.0)
-        pick = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
+        err = combine(jax.tree_util.tree_map(jnp.zeros_like, y), h, ks + [k7], _DP_E)
+        scaled = jax.tree_util.tree_map(
+            lambda e, a, c: e / (atol + rtol * jnp.maximum(jnp.abs(a), jnp.abs(c))), err, y, y_new
+        )
+        norm = jnp.sqrt(sq_sum(scaled) / size)
+        ok = active & (norm <= 1.0)
+        factor = jnp.clip(0.9 * jnp.where(norm > 0, norm, 1e-10) ** -0.2, 0.2, 5.0)
+        pick = lambda new, old: jax.tree_util.tree_map(
+            lambda u, v: jnp.where(per(ok, u), u, v), new, old
+        )
         return (
-            jnp.where(ok, t + h, t),
+            jnp.where(ok, jnp.where(last, t1, t + h), t),
             pick(y_new, y),
             pick(k7, k1),
-            h * factor,
-            n + 1,
-            nfe + 6,
+            jnp.where(active, h * factor, state[3]),
+            n + active,
+            nfe + 6 * active,
         )
 
     def running(state):
         t, _, _, _, n, _ = state
-        return ((t1 - t) * span > 0) & (n < max_steps)
+        return jnp.any(((t1 - t) * span > 0) & (n < max_steps))
 
-    t_start = jnp.asarray(t0, jnp.float32)
-    init = (t_start, y0, f(y0, t_start), jnp.float32(1e-4 * span), 0, 1)
-    _, y, _, _, _, nfe = jax.lax.while_loop(running, step, init)
-    return y, nfe
+    t_start = jnp.full((b,), t0, jnp.float32)
+    h0 = jnp.full((b,), 1e-4 * span, jnp.float32)
+    zero = jnp.zeros((b,), jnp.int32)
+    init = (t_start, y0, f(y0, t_start), h0, zero, zero + 1)
+    t, y, _, _, _, nfe = jax.lax.while_loop(running, step, init)
+    return y, nfe, (t1 - t) * span <= 0
 
 
 def ode_sample(

@@ -1,0 +1,220 @@
+"""Line plots as PNG with pillow (no plotting library needed): a metric against network
+evaluations on a log axis, one line per series, a dashed reference level, panels side by side
+and one legend for all of them."""
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+PALETTE = (
+    (31, 119, 180),
+    (214, 39, 40),
+    (44, 160, 44),
+    (148, 103, 189),
+    (255, 127, 14),
+    (23, 190, 207),
+    (140, 86, 75),
+    (227, 119, 194),
+    (188, 189, 34),
+    (0, 0, 128),
+)
+REFERENCE = (110, 110, 110)
+GRID = (232, 232, 232)
+INK = (0, 0, 0)
+PAPER = (255, 255, 255)
+PANEL = (430, 360)  # pixels of one panel
+LEGEND_WIDTH = 230
+MARGIN = {"left": 64, "right": 16, "top": 34, "bottom": 48}
+DASH = (9, 6)  # pixels drawn, pixels left out
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+    """One plot: series label -> (x [n], y [n]) (None or non-finite points are left out), and an
+    optional horizontal reference level drawn dashed."""
+
+    title: str
+    series: dict[str, tuple[Sequence[float], Sequence[float | None]]]
+    ylabel: str = ""
+    xlabel: str = "NFE"
+    reference: float | None = None
+    reference_label: str = "reference"
+
+
+@dataclasses.dataclass(frozen=True)
+class Axes:
+    """A panel's plotting box in pixels (left, top, right, bottom) and its data limits; x is on
+    a log10 scale, y linear."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+    x_lo: float
+    x_hi: float
+    y_lo: float
+    y_hi: float
+
+    def to_pixel(self, x: float, y: float) -> tuple[float, float]:
+        """Data (x > 0, y) -> pixel (column, row)."""
+        fx = (math.log10(x) - math.log10(self.x_lo)) / (math.log10(self.x_hi / self.x_lo))
+        fy = (y - self.y_lo) / (self.y_hi - self.y_lo)
+        return self.left + fx * (self.right - self.left), self.bottom - fy * (
+            self.bottom - self.top
+        )
+
+
+def _font(size: int = 13):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _points(xs, ys) -> list[tuple[float, float]]:
+    pts = [
+        (float(x), float(y))
+        for x, y in zip(xs, ys, strict=True)
+        if x is not None and y is not None and x > 0 and math.isfinite(x) and math.isfinite(y)
+    ]
+    return sorted(pts)
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """About count round values (1, 2 or 5 times a power of ten apart) within [lo, hi]."""
+    raw = (hi - lo) / max(count, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    return [round(float(v), 12) for v in np.arange(first, hi + step * 1e-9, step)]
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """1, 2 and 5 times the powers of ten within [lo, hi]."""
+    ticks = []
+    for p in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+        ticks += [m * 10.0**p for m in (1, 2, 5) if lo <= m * 10.0**p <= hi]
+    return ticks
+
+
+def _limits(panel: Panel) -> tuple[float, float, float, float]:
+    pts = [p for xs, ys in panel.series.values() for p in _points(xs, ys)]
+    xs = [p[0] for p in pts] or [1.0]
+    ys = [p[1] for p in pts] + ([panel.reference] if panel.reference is not None else [])
+    ys = ys or [0.0]
+    x_lo, x_hi = min(xs) / 1.25, max(xs) * 1.25  # a margin of a quarter on the log axis
+    pad = 0.06 * (max(ys) - min(ys)) or 0.5 * abs(ys[0]) or 1.0
+    return x_lo, x_hi, min(ys) - pad, max(ys) + pad
+
+
+def _dashed(draw: ImageDraw.ImageDraw, x0: float, x1: float, y: float) -> None:
+    on, off = DASH
+    x = x0
+    while x < x1:
+        draw.line([(x, y), (min(x + on - 1, x1), y)], fill=REFERENCE, width=2)
+        x += on + off
+
+
+def _text(draw, xy, text, font, anchor="la", fill=INK) -> None:
+    draw.text(xy, text, fill=fill, font=font, anchor=anchor)
+
+
+def _label(v: float) -> str:
+    return f"{v:g}" if abs(v) < 1e5 else f"{v:.0e}"
+
+
+def _draw_panel(draw, box: tuple[int, int], panel: Panel, colours: dict, font) -> Axes:
+    ox, oy = box
+    w, h = PANEL
+    axes = Axes(
+        ox + MARGIN["left"], oy + MARGIN["top"], ox + w - MARGIN["right"],
+        oy + h - MARGIN["bottom"], *_limits(panel),
+    )  # fmt: skip
+    for v in nice_ticks(axes.y_lo, axes.y_hi):
+        _, r = axes.to_pixel(axes.x_lo, v)
+        draw.line([(axes.left, r), (axes.right, r)], fill=GRID)
+        _text(draw, (axes.left - 6, r), _label(v), font, "rm")
+    for v in log_ticks(axes.x_lo, axes.x_hi):
+        c, _ = axes.to_pixel(v, axes.y_lo)
+        draw.line([(c, axes.top), (c, axes.bottom)], fill=GRID)
+        _text(draw, (c, axes.bottom + 6), _label(v), font, "ma")
+    draw.rectangle([axes.left, axes.top, axes.right, axes.bottom], outline=INK)
+    _text(draw, ((axes.left + axes.right) / 2, oy + 10), panel.title, font, "ma")
+    _text(draw, ((axes.left + axes.right) / 2, axes.bottom + 26), panel.xlabel, font, "ma")
+    if panel.ylabel:
+        _text(draw, (ox + 6, oy + 10), panel.ylabel, font)
+    if panel.reference is not None:
+        _dashed(draw, axes.left + 1, axes.right - 1, axes.to_pixel(axes.x_lo, panel.reference)[1])
+    for label, (xs, ys) in panel.series.items():
+        pix = [axes.to_pixel(x, y) for x, y in _points(xs, ys)]
+        if len(pix) > 1:
+            draw.line(pix, fill=colours[label], width=3, joint="curve")
+        for c, r in pix:
+            draw.ellipse([c - 4, r - 4, c + 4, r + 4], fill=colours[label])
+    return axes
+
+
+def series_colours(panels: Sequence[Panel]) -> dict[str, tuple[int, int, int]]:
+    """One colour per series label across all panels, in order of first appearance."""
+    labels = list(dict.fromkeys(label for p in panels for label in p.series))
+    return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(labels)}
+
+
+def render(panels: Sequence[Panel]) -> tuple[Image.Image, list[Axes]]:
+    """The figure: panels left to right and the legend on the right. -> (RGB image, axes)."""
+    colours, font = series_colours(panels), _font()
+    refs = list(dict.fromkeys(p.reference_label for p in panels if p.reference is not None))
+    rows = len(colours) + len(refs)
+    height = max(PANEL[1], 40 + 20 * rows)
+    image = Image.new("RGB", (PANEL[0] * len(panels) + LEGEND_WIDTH, height), PAPER)
+    draw = ImageDraw.Draw(image)
+    axes = [_draw_panel(draw, (i * PANEL[0], 0), p, colours, font) for i, p in enumerate(panels)]
+    x, y = PANEL[0] * len(panels) + 8, MARGIN["top"]
+    for label, colour in colours.items():
+        draw.line([(x, y), (x + 24, y)], fill=colour, width=2)
+        draw.ellipse([x + 8, y - 4, x + 16, y + 4], fill=colour)
+        _text(draw, (x + 32, y), label, font, "lm")
+        y += 20
+    for label in refs:
+        _dashed(draw, x, x + 24, y)
+        _text(draw, (x + 32, y), label, font, "lm")
+        y += 20
+    return image, axes
+
+
+def save_line_plot(panels: Sequence[Panel], path: str) -> str:
+    """Write render(panels) to path as PNG (folders made as needed). Returns path."""
+    image, _ = render(panels)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    image.save(path, format="PNG")
+    return path
+
+
+def nfe_plot(rows: Sequence[dict], real: dict | None, path: str) -> str:
+    """Frechet distance and recall of sampler rows against their NFE, one line per
+    objective/sampler (run/sampler where runs share an objective), real's figures dashed.
+
+    rows: dicts with run, objective, sampler, nfe, frechet and recall (None: not measured).
+    """
+    runs: dict[str, set] = {}
+    for r in rows:
+        runs.setdefault(r["objective"], set()).add(r["run"])
+    lines: dict[str, list[dict]] = {}
+    for r in rows:
+        name = r["objective"] if len(runs[r["objective"]]) == 1 else r["run"]
+        lines.setdefault(f"{name}/{r['sampler']}", []).append(r)
+    real = real or {}
+    panels = [
+        Panel(
+            title,
+            {k: ([r["nfe"] for r in v], [r.get(key) for r in v]) for k, v in lines.items()},
+            reference=real.get(key),
+            reference_label="real images (train split)",
+        )
+        for key, title in (("frechet", "Frechet distance (lower is better)"), ("recall", "recall"))
+    ]
+    return save_line_plot(panels, path)
