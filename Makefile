@@ -29,19 +29,13 @@ demo: install
 	$(BIN)/python train.py --config configs/digits_ddpm.py --workdir $(DEMO)
 	$(BIN)/python sample.py --workdir $(DEMO) --out $(DEMO)/samples
 
-# CPU-sized runs of the small cases (bench/README.md has the GPU ones). The peer needs torch and
-# diffusers: PEER_PYTHON=/path/to/python of an environment that has them; without, it skips.
+# jldm against diffusers eager on this CPU, interleaved in one process (bench/cpu_peer.py: train
+# step, UNet evaluation, DDIM-50 of 100 images, DDPM-1000 of 20; about 4 minutes on two idle
+# cores). PEER_PYTHON: a Python with jldm's dependencies and torch + diffusers (without torch it
+# times jldm alone). bench/README.md has the GPU runs.
 PEER_PYTHON ?= $(BIN)/python
-BENCH_DIGITS := --config configs/digits_ddpm.py
 bench: install
-	$(BIN)/python bench/unet.py $(BENCH_DIGITS) --batch 64 --repeats 5
-	$(BIN)/python bench/sampling.py $(BENCH_DIGITS) --num 100 --cases ddim50 --repeats 3
-	$(BIN)/python bench/sampling.py $(BENCH_DIGITS) --num 20 --cases ddpm --repeats 1 --warmup 0
-	$(PEER_PYTHON) bench/peer_diffusers.py $(BENCH_DIGITS) --batch 64 --repeats 5 --cases eval,train
-	$(PEER_PYTHON) bench/peer_diffusers.py $(BENCH_DIGITS) --modes eager --num 100 --cases ddim50 \
-		--repeats 3 --warmup 1
-	$(PEER_PYTHON) bench/peer_diffusers.py $(BENCH_DIGITS) --modes eager --num 20 --cases ddpm \
-		--repeats 1 --warmup 0
+	$(PEER_PYTHON) bench/cpu_peer.py
 
 clean:
 	rm -rf $(VENV) runs

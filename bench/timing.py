@@ -36,6 +36,42 @@ def measure(call: Callable[[], object], repeats: int, warmup: int) -> dict:
     }
 
 
+def spread(times: list[float]) -> dict:
+    """Median, quartiles and extremes of a list of seconds."""
+    q = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else times * 3
+    return {
+        "median_s": statistics.median(times),
+        "q25_s": q[0],
+        "q75_s": q[2],
+        "min_s": min(times),
+        "max_s": max(times),
+        "repeats": len(times),
+    }
+
+
+def interleaved(calls: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict:
+    """Run the calls in turn, A B A B ..., warmup rounds untimed, then repeats timed rounds;
+    each call must block until done. Load that comes and goes then hits every side alike.
+
+    -> {name: spread of its times, plus "times_s": the times in round order}.
+    """
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - t0)
+    return {name: dict(spread(ts), times_s=ts) for name, ts in times.items()}
+
+
+def load_average() -> list[float]:
+    """The machine's 1, 5 and 15 minute load averages (`uptime`), rounded."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def emit(record: dict, out: str = "") -> None:
     """Print one JSON line (and append it to `out` when given)."""
     line = json.dumps(record, sort_keys=False)

@@ -19,22 +19,13 @@ import timing
 timing.add_root_to_path()
 
 import jax  # noqa: E402
+import jldm_cases as cases  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jldm.build import unet_state_shapes  # noqa: E402
 from jldm.build.model import build_model, init_params  # noqa: E402
-from jldm.build.objectives import build_loss  # noqa: E402
-from jldm.build.state import create_state, make_optimizer  # noqa: E402
-from jldm.train.sharding import (  # noqa: E402
-    batch_sharding,
-    check_batch,
-    make_mesh,
-    replicated,
-    state_sharding,
-)
-from jldm.train.step import make_train_step, make_update  # noqa: E402
+from jldm.train.sharding import check_batch, make_mesh  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
 flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's train.batch_size).")
@@ -132,13 +123,6 @@ def _compile(fn, *args) -> tuple[object, float, float]:
     return compiled, t1 - t0, time.perf_counter() - t1
 
 
-def _abstract(tree, shardings):
-    """ShapeDtypeStructs carrying shardings: what jit needs to lower, with nothing allocated."""
-    return jax.tree_util.tree_map(
-        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), tree, shardings
-    )
-
-
 def _report(base: dict, case: str, images: int, compiled, lower_s, compile_s, timed) -> dict:
     flops = _flops(compiled)
     if flops and not FLAGS.lower_only:
@@ -163,70 +147,32 @@ def _report(base: dict, case: str, images: int, compiled, lower_s, compile_s, ti
     return rec
 
 
-def _inputs(config, batch: int, mesh, lead: tuple[int, ...] = (), seed: int = 0):
-    """Random x in [-1, 1], timesteps and labels with the batch axis split over the mesh."""
-    d = config.data
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
-    shape = (*lead, batch, d.resolution, d.resolution, d.channels)
-    x = jax.random.uniform(k1, shape, minval=-1.0, maxval=1.0)
-    t = jax.random.randint(k2, (*lead, batch), 0, config.diffusion.timesteps)
-    y = jax.random.randint(k3, (*lead, batch), 0, d.num_classes)
-    sh = batch_sharding(mesh, batch_axis=len(lead))
-    return jax.device_put((x, t, y), sh)
-
-
 def bench_eval(config, model, mesh, batch: int, base: dict) -> dict:
     """One UNet evaluation at `batch` (what each sampling step costs)."""
-    rep = replicated(mesh)
-    init = jax.jit(lambda k: init_params(model, config, k), out_shardings=rep)
-    key = jax.random.PRNGKey(config.seed)
-    x, t, y = _inputs(config, batch, mesh)
-    if FLAGS.lower_only or FLAGS.compile_only:
-        shapes = jax.eval_shape(init, key)
-        params = _abstract(shapes, jax.tree_util.tree_map(lambda _: rep, shapes))
-    else:
-        params = init(key)
-    fn = jax.jit(lambda p, x, t, y: model.apply({"params": p}, x, t, y))
-    compiled, lower_s, compile_s = _compile(fn, params, x, t, y)
+    abstract = FLAGS.lower_only or FLAGS.compile_only
+    fn, args = cases.eval_program(config, model, mesh, batch, abstract_params=abstract)
+    compiled, lower_s, compile_s = _compile(fn, *args)
     timed = None
-    if not (FLAGS.compile_only or FLAGS.lower_only):
+    if not abstract:
         timed = timing.measure(
-            lambda: jax.block_until_ready(compiled(params, x, t, y)), FLAGS.repeats, FLAGS.warmup
+            lambda: jax.block_until_ready(compiled(*args)), FLAGS.repeats, FLAGS.warmup
         )
     return _report(base, "eval", batch, compiled, lower_s, compile_s, timed)
 
 
 def bench_train(config, model, mesh, batch: int, base: dict) -> dict:
     """The loop's jitted train step: k fused steps of forward, backward, clip, AdamW, EMA."""
-    tx = make_optimizer(config.train)
-    shapes = unet_state_shapes(config, model)
-    shardings = state_sharding(shapes, mesh, config.train.shard_params)
-    init = jax.jit(
-        lambda: create_state(lambda k: init_params(model, config, k), tx, config.seed),
-        out_shardings=shardings,
-    )
     abstract = FLAGS.lower_only or FLAGS.compile_only
-    state = _abstract(shapes, shardings) if abstract else init()
+    prog = cases.train_program(config, model, mesh, batch, abstract_state=abstract)
     k = config.train.steps_per_call
-    x, _, y = _inputs(config, batch, mesh, lead=(k,))
-    batches = {"image": x, "label": y}
-    loss_fn = build_loss(config, model)
-    update = make_update(loss_fn, tx, config.train.ema_decay, False, shardings.params)
-    step = make_train_step(update, mesh, shardings)
-    one = jax.tree_util.tree_map(lambda b: jax.ShapeDtypeStruct(b.shape[1:], b.dtype), batches)
-    residual = _residual_bytes(loss_fn, shapes.params, one)
-    compiled, lower_s, compile_s = _compile(step, state, batches)
+    one = jax.tree_util.tree_map(lambda b: jax.ShapeDtypeStruct(b.shape[1:], b.dtype), prog.batches)
+    residual = _residual_bytes(prog.loss_fn, prog.shapes.params, one)
+    compiled, lower_s, compile_s = _compile(prog.step, prog.state, prog.batches)
     timed = None
-    if not (FLAGS.compile_only or FLAGS.lower_only):
-        box = [state]  # the step donates its input state: each call feeds the next
-
-        def call():
-            box[0], metrics = compiled(box[0], batches)
-            jax.block_until_ready((box[0], metrics))
-
-        timed = timing.measure(call, FLAGS.repeats, FLAGS.warmup)
+    if not abstract:
+        timed = timing.measure(cases.stepper(compiled, prog), FLAGS.repeats, FLAGS.warmup)
     rec = _report(base, "train", k * batch, compiled, lower_s, compile_s, timed)
-    rec["state_bytes_per_device"] = _bytes_per_device(shapes, shardings)
+    rec["state_bytes_per_device"] = _bytes_per_device(prog.shapes, prog.shardings)
     if residual is not None:
         rec["residual_bytes"] = residual
     if timed:
