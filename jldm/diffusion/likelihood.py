@@ -115,7 +115,7 @@ def flow_likelihood(
     if n_steps is None:
         (z, delta), nfe, done = odeint_adaptive(flow, y0, t0, t1, tol, tol, max_steps)
     else:
-        (z, delta) = odeint_fixed(flow, y0, t0, t1, n_steps)
+        z, delta = odeint_fixed(flow, y0, t0, t1, n_steps)
         nfe, done = jnp.full((b,), 4 * n_steps, jnp.int32), jnp.ones((b,), bool)
     logp = prior_logp(z) + delta
     bpd = bits_per_dim(logp, math.prod(x.shape[1:]), levels, *data_range)
