@@ -22,6 +22,7 @@ from jldm.diffusion.samplers import classifier_free_guidance
 from jldm.diffusion.score_losses import exact_trace
 from jldm.diffusion.score_samplers import odeint_fixed
 from jldm.errors import UserError
+from tests.cond_drop import check_labels_drop
 from tests.tiny import tiny_config
 
 MU, S = 0.3, 0.6
@@ -187,29 +188,9 @@ def test_probability_flow_gives_the_exact_log_density():
     np.testing.assert_allclose(logp, want, atol=1e-4)
 
 
-class _Recording:
-    """A UNet that outputs zeros and keeps the labels it was given."""
-
-    def __init__(self):
-        self.seen = []
-
-    def apply(self, variables, x, t_in, labels, train=False, rngs=None):
-        self.seen.append(np.asarray(labels))
-        return jnp.zeros_like(x)
-
-
 def test_labels_become_the_null_class_with_probability_cond_drop():
-    """As for the other objectives: each label is the null class (num_classes) with
-    probability cond_drop, within 4 standard errors of 4000 draws; no label is dropped at 0."""
-    for p in (0.3, 0.0):
-        unet = _Recording()
-        loss_fn = build_loss(_config(**{"diffusion.cond_drop": p}), unet)
-        labels = jnp.arange(4000) % 10
-        loss_fn(None, jax.random.PRNGKey(9), {"image": jnp.zeros((4000, 2, 2, 1)), "label": labels})
-        seen = unet.seen[-1]
-        dropped = seen == 10
-        assert abs(dropped.mean() - p) < 4 * np.sqrt(p * (1 - p) / 4000) + 1e-9, dropped.mean()
-        np.testing.assert_array_equal(seen[~dropped], np.asarray(labels)[~dropped])
+    """As for the other objectives (tests/cond_drop.py)."""
+    check_labels_drop(_config)
 
 
 def test_a_train_step_on_the_tiny_unet_and_the_samplers_shapes():
