@@ -46,15 +46,17 @@ flags.DEFINE_list("cases", ["train", "eval", "ddim50", "ddpm"], "train, eval, dd
 flags.DEFINE_integer("batch", 0, "Batch of train and eval (0: the config's train.batch_size).")
 flags.DEFINE_integer("ddim_num", 100, "Images per DDIM call.")
 flags.DEFINE_integer("ddpm_num", 20, "Images per DDPM call.")
-flags.DEFINE_integer("repeats", 0, "Timed rounds per case (0: train 10, eval 20, ddimN 3, ddpm 2).")
-flags.DEFINE_integer("warmup", -1, "Untimed rounds per case (-1: 2 for train/eval, 1 else).")
+flags.DEFINE_integer("repeats", 0, "Timed rounds per case (0: train 10, eval 20, ddimN 3, ddpm 3).")
+flags.DEFINE_integer(
+    "warmup", -1, "Untimed rounds per case (-1: 2 for train and eval, 1 for ddimN, 0 for ddpm)."
+)
 flags.DEFINE_integer("threads", 0, "torch threads (0: one per core of this process).")
 flags.DEFINE_integer("devices", 0, "jldm's CPU devices (0: train.py's choice, one per core).")
 flags.DEFINE_bool("shard_sampling", True, "Split the sampled images over jldm's devices.")
 flags.DEFINE_string("out", "", "Also append the JSON lines to this file.")
 FLAGS = flags.FLAGS
 
-DEFAULT_REPEATS = {"train": (10, 2), "eval": (20, 2), "ddim": (3, 1), "ddpm": (2, 1)}
+DEFAULT_REPEATS = {"train": (10, 2), "eval": (20, 2), "ddim": (3, 1), "ddpm": (3, 0)}
 
 
 def _kind(case: str) -> str:
@@ -66,25 +68,23 @@ def _kind(case: str) -> str:
     raise app.UsageError(f"--cases has {case!r}: use train, eval, ddimN (e.g. ddim50) or ddpm")
 
 
-def _jldm_call(case: str, config, model, mesh, batch: int) -> tuple[object, dict]:
+def _jldm_call(case: str, config, model, mesh, batch: int, params) -> tuple[object, dict]:
     """A blocking call() of jldm's program for case, compiled here. -> (call, facts)."""
     kind = _kind(case)
     t0 = time.perf_counter()
     if kind == "train":
-        prog = cases.train_program(config, model, mesh, batch)
+        prog = cases.train_program(config, model, mesh, batch, params=params)
         compiled = prog.step.lower(prog.state, prog.batches).compile()
         call, facts = cases.stepper(compiled, prog), {"batch": batch}
     elif kind == "eval":
-        fn, args = cases.eval_program(config, model, mesh, batch)
+        fn, args = cases.eval_program(config, model, mesh, batch, params=params)
         compiled = fn.lower(*args).compile()
         call, facts = (lambda: jax.block_until_ready(compiled(*args))), {"batch": batch}
     else:
         num = FLAGS.ddpm_num if kind == "ddpm" else FLAGS.ddim_num
         steps = int(case[4:]) if kind == "ddim" else config.sample.steps
         shard = FLAGS.shard_sampling and num % mesh.devices.size == 0
-        fn, make_args = cases.sampler_program(
-            config, model, num, kind, steps, mesh if shard else None
-        )
+        fn, make_args = cases.sampler_program(config, model, num, kind, steps, mesh, shard, params)
         args = make_args(jax.random.PRNGKey(0))
         compiled = fn.lower(*args).compile()
         call = lambda: jax.block_until_ready(compiled(*args))
@@ -134,14 +134,14 @@ def _peer(config, batch: int, threads: int):
     return Peer(config, batch, "cpu", "eager"), facts
 
 
-def _run_case(case: str, config, model, mesh, batch: int, peer, base: dict) -> dict:
+def _run_case(case: str, config, model, mesh, batch: int, params, peer, base: dict) -> dict:
     """Compile jldm's program, warm the peer, time them in turns; -> the case's record."""
     repeats, warmup = DEFAULT_REPEATS[_kind(case)]
     repeats = FLAGS.repeats or repeats
     warmup = warmup if FLAGS.warmup < 0 else FLAGS.warmup
     load_before = timing.load_average()
     calls = {}
-    calls["jldm"], facts = _jldm_call(case, config, model, mesh, batch)
+    calls["jldm"], facts = _jldm_call(case, config, model, mesh, batch, params)
     if peer is not None:
         calls["peer"] = _peer_call(case, peer)
         t0 = time.perf_counter()
@@ -176,6 +176,7 @@ def main(_):
     mesh = make_mesh()
     check_batch(batch, mesh)
     model = build_model(config)
+    params = cases.random_params(config, model, mesh)  # one init for every case
     peer, peer_facts = _peer(config, batch, FLAGS.threads or cores)
     base = {
         "bench": "cpu_peer",
@@ -188,7 +189,7 @@ def main(_):
     }
     rows = []
     for case in FLAGS.cases:
-        rows.append(_run_case(case, config, model, mesh, batch, peer, base))
+        rows.append(_run_case(case, config, model, mesh, batch, params, peer, base))
         timing.emit(rows[-1], FLAGS.out)
         jax.clear_caches()
     torch_part = f"torch {base['torch']} with {base['torch_threads']} threads, " if peer else ""

@@ -159,10 +159,15 @@ def ddim_sample(
     ts = ddim_timesteps(schedule.num_timesteps, steps)
     pairs = jnp.asarray(np.stack([ts, np.append(ts[1:], -1)], axis=1))
 
+    deterministic = isinstance(eta, int | float) and eta == 0
+
     def body(x, tt):
         t, t_prev = tt[0], tt[1]
         out = model_fn(x, jnp.full((shape[0],), t))
-        noise = jax.random.normal(jax.random.fold_in(k_steps, t), shape)
+        if deterministic:  # sigma is 0: no noise to draw at every step
+            noise = jnp.zeros((), x.dtype)
+        else:
+            noise = jax.random.normal(jax.random.fold_in(k_steps, t), shape)
         x = ddim_step(schedule, x, t, t_prev, out, noise, eta, prediction, clip_x0)
         return paste_known(schedule, x, known, t_prev, jax.random.fold_in(k_known, t)), None
 

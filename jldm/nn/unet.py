@@ -10,9 +10,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jldm.nn.functional import silu
 from jldm.nn.layers import (
     Downsample,
     Dtype,
+    GroupNorm,
     ResnetBlock,
     SpatialTransformer,
     TimestepEmbedding,
@@ -185,6 +187,6 @@ class UNet(nn.Module):
                 name=f"up_blocks_{i}",
                 **kw,
             )(h, skips, temb, context, mask, train)
-        h = nn.GroupNorm(self.norm_groups, epsilon=1e-5, dtype=self.dtype, name="conv_norm_out")(h)
-        h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv_out")(nn.silu(h))
+        h = GroupNorm(self.norm_groups, epsilon=1e-5, dtype=self.dtype, name="conv_norm_out")(h)
+        h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv_out")(silu(h))
         return h.astype(jnp.float32)
