@@ -321,7 +321,7 @@ def _run(objective, **over):
     from jldm.sampling.run import Loaded
     from tests.tiny import tiny_config
 
-    sampler = "pc" if objective != "ddpm" else "ddim"
+    sampler = {"ddpm": "ddim", "edm": "heun", "flow": "euler"}.get(objective, "pc")
     config = tiny_config(
         "/unused", **{"diffusion.objective": objective, "sample.sampler": sampler, **over}
     )
@@ -333,6 +333,27 @@ def _run(objective, **over):
             s = jnp.sqrt(1 - schedule.alphas_cumprod[t])[:, None, None, None]
             x0 = GM + a * GS**2 / (a**2 * GS**2 + s**2) * (x - a * GM)
             return (x - a * x0) / s
+
+    elif objective == "edm":  # F = (D - c_skip x) / c_out of the exact denoiser
+        from jldm.diffusion import edm
+
+        sd = config.diffusion.sigma_data
+
+        def fn(x_in, t_in):
+            log_sigma = 4 * (t_in / 999.0 * (edm._C_HI - edm._C_LO) + edm._C_LO)
+            c_skip, c_out, c_in, _ = edm.preconditioning(jnp.exp(log_sigma), sd)
+            c_skip, c_out, c_in, var = (
+                v[:, None, None, None] for v in (c_skip, c_out, c_in, jnp.exp(2 * log_sigma))
+            )
+            x = x_in / c_in
+            return (GM + GS**2 / (GS**2 + var) * (x - GM) - c_skip * x) / c_out
+
+    elif objective == "flow":  # the exact velocity of the linear path, time input 999 t
+
+        def fn(x, t_in):
+            t = (t_in / 999.0)[:, None, None, None]
+            c = (1 - t) ** 2 * GS**2 + t**2
+            return -GM + (t - (1 - t) * GS**2) / c * (x - (1 - t) * GM)
 
     else:  # the network's u = -std * score, seen through c_in = 1 (VP) and time 999 t
         sde = build_sde(config)
@@ -349,8 +370,17 @@ def _images(n):
     return np.clip(np.round((x + 1) * 127.5), 0, 255).astype(np.uint8)
 
 
-def test_a_runs_ode_bits_per_dim_match_the_closed_form_whatever_the_batching():
+def _dequantized(u8):
+    """Image i dequantised from fold_in(fold_in(PRNGKey(0), i), 0) (the module's rule)."""
     from jldm.diffusion.likelihood import dequantize as deq
+
+    keys = [jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), i), 0) for i in range(5)]
+    return np.stack(
+        [np.asarray(deq(k, jnp.asarray(p)), np.float64) for k, p in zip(keys, u8, strict=True)]
+    )
+
+
+def test_a_runs_ode_bits_per_dim_match_the_closed_form_whatever_the_batching():
     from jldm.errors import UserError
     from jldm.sampling.likelihood import bits_per_dim as run_bpd
 
@@ -359,11 +389,7 @@ def test_a_runs_ode_bits_per_dim_match_the_closed_form_whatever_the_batching():
     # alone, and in batches of 3 of which the last is padded
     np.testing.assert_allclose(run_bpd(run, u8, batch_size=1), bpd, rtol=1e-5, atol=1e-5)
     assert nfe.shape == (5,) and np.all(nfe > 20)
-    # Image i is dequantised from fold_in(fold_in(PRNGKey(seed), i), 0) (the module's rule).
-    keys = [jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), i), 0) for i in range(5)]
-    x = np.stack(
-        [np.asarray(deq(k, jnp.asarray(p)), np.float64) for k, p in zip(keys, u8, strict=True)]
-    )
+    x = _dequantized(u8)
     sde, eps = SDES["vp"], run.config.diffusion.eps_t
     a, sd = (float(v) for v in sde.mean_coef_std(jnp.float32(eps)))
     exact = stats.norm.logpdf(x, a * GM, np.hypot(a * GS, sd)).reshape(5, -1).sum(-1)
@@ -372,6 +398,35 @@ def test_a_runs_ode_bits_per_dim_match_the_closed_form_whatever_the_batching():
     np.testing.assert_allclose(bpd, -exact / (64 * math.log(2)) + 7, atol=2e-4)
     with pytest.raises(UserError, match="max_steps=2 .* raise max_steps or tol"):
         run_bpd(run, u8, max_steps=2)
+
+
+def test_edm_and_flow_runs_bits_per_dim_match_the_closed_form():
+    """EDM: p_sigma_min = N(GM, GS^2 + sigma_min^2) per pixel, and the prior N(0, sigma_max^2 +
+    sigma_data^2) stands in for N(GM, GS^2 + sigma_max^2) at z = x(sigma_max), known in closed
+    form. Flow: N(0, I) at t = 1 is exact, so bits/dim are those of N(GM, GS^2) itself. The
+    Rademacher probe is exact for both (the drifts' Jacobians are multiples of I)."""
+    from jldm.sampling.likelihood import bits_per_dim as run_bpd
+    from jldm.sampling.likelihood import method
+
+    u8 = _images(5)
+    x = _dequantized(u8)
+    edm_run = _run("edm", **{"diffusion.sigma_data": GS})
+    flow_run = _run("flow")
+    assert method(edm_run.config) == method(flow_run.config) == "ode"
+    f = edm_run.config.diffusion
+    lo, hi = f.sigma_min, f.sigma_max
+    z = GM + (x - GM) * np.sqrt((GS**2 + hi**2) / (GS**2 + lo**2))
+    logp = {
+        "edm": stats.norm.logpdf(x, GM, np.hypot(GS, lo))
+        + stats.norm.logpdf(z, 0, np.hypot(hi, GS))
+        - stats.norm.logpdf(z, GM, np.hypot(GS, hi)),
+        "flow": stats.norm.logpdf(x, GM, GS),
+    }
+    for name, run in (("edm", edm_run), ("flow", flow_run)):
+        bpd, nfe = run_bpd(run, u8, batch_size=3, with_nfe=True)
+        exact = -logp[name].reshape(5, -1).sum(-1) / (64 * math.log(2)) + 7
+        np.testing.assert_allclose(bpd, exact, atol=3e-4, err_msg=name)
+        assert np.all(nfe > 10), (name, nfe)
 
 
 def test_a_ddpm_run_gets_its_variational_bound_with_its_evaluations():

@@ -223,3 +223,16 @@ def test_compare_grid_runs_each_sampler_per_budget_and_plots_it(runs, tmp_path, 
     for colour in [*plot.PALETTE[:2], plot.REFERENCE]:
         assert (legend == np.array(colour)).all(-1).any(), colour
     assert f"plot: {out}.png" in capsys.readouterr().out
+
+
+def test_network_output_names_what_each_objective_predicts():
+    want = {
+        ("ddpm", "diffusion.prediction", "v"): "v",
+        ("vpsde", "diffusion.parameterization", "energy"): "energy",
+        ("vesde", "diffusion.parameterization", "score"): "score",
+        ("edm", None, None): "denoiser",
+        ("flow", None, None): "velocity",
+    }
+    for (objective, key, value), name in want.items():
+        config = _config(objective, **({key: value} if key else {}))
+        assert objectives.network_output(config) == name, objective

@@ -17,6 +17,7 @@ import ml_collections
 
 from jldm.build.noise import build_schedule, build_sde
 from jldm.diffusion import edm, flow_matching, solvers
+from jldm.diffusion.likelihood import ProbabilityFlow, sde_flow
 from jldm.errors import UserError
 
 
@@ -33,6 +34,19 @@ def frame(config: ml_collections.ConfigDict, clip: bool = False) -> solvers.Fram
     if sde is None:
         raise UserError(f"diffusion.objective={f.objective!r} has no probability-flow ODE")
     return solvers.sde_frame(sde, config.sample.get("eps", 1e-3))
+
+
+def likelihood_flow(config: ml_collections.ConfigDict, fn: Callable) -> ProbabilityFlow | None:
+    """The objective's probability-flow ODE for likelihoods; fn(x [B,...], c [B]) is make_net's
+    net with params and labels bound (a score, EDM's denoiser or the flow's velocity). None:
+    the objective has no such ODE (ddpm's density is its variational bound; ncsn has none)."""
+    f = config.diffusion
+    if f.objective == "edm":
+        return edm.probability_flow(fn, f.sigma_min, f.sigma_max, f.sigma_data)
+    if f.objective == "flow":
+        return flow_matching.probability_flow(fn)
+    sde = build_sde(config)
+    return None if sde is None else sde_flow(sde, fn, f.get("eps_t", 1e-5))
 
 
 def start(config: ml_collections.ConfigDict, fr: solvers.Frame) -> float:

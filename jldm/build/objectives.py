@@ -203,6 +203,14 @@ def make_score_net(config: ml_collections.ConfigDict, model) -> ScoreNet:
     return score
 
 
+def network_output(config: ml_collections.ConfigDict) -> str:
+    """What the network predicts: ddpm's diffusion.prediction (eps, x0, v), a score objective's
+    diffusion.parameterization (score, energy), "denoiser" (edm) or "velocity" (flow)."""
+    f = config.diffusion
+    kind = REGISTRY[f.objective].kind
+    return {"discrete": f.get("prediction"), "score": f.parameterization}.get(kind, kind)
+
+
 def make_net(config: ml_collections.ConfigDict, model) -> Callable:
     """net(params, x, c, labels, train=False, rngs=None): what the objective's samplers consume.
 

@@ -1,4 +1,13 @@
-from jldm.diffusion.likelihood import bits_per_dim, dequantize, ode_likelihood
+from jldm.diffusion.likelihood import (
+    FlowLikelihood,
+    ProbabilityFlow,
+    bits_per_dim,
+    dequantize,
+    flow_likelihood,
+    normal_logp,
+    ode_likelihood,
+    sde_flow,
+)
 from jldm.diffusion.score_losses import (
     as_score,
     exact_trace,
@@ -38,6 +47,11 @@ from jldm.diffusion.vae_losses import (
 )
 
 __all__ = [
+    "FlowLikelihood",
+    "ProbabilityFlow",
+    "flow_likelihood",
+    "normal_logp",
+    "sde_flow",
     "SDE",
     "VESDE",
     "VPSDE",

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from jldm.diffusion.likelihood import ProbabilityFlow, normal_logp
 from jldm.diffusion.losses import drop_condition
 from jldm.diffusion.solvers import Denoiser, Frame
 
@@ -117,3 +118,21 @@ def edm_frame(sigma_min: float, sigma_max: float, sigma_data: float) -> Frame:
         return d
 
     return Frame(denoiser, float(sigma_min), float(sigma_max), float(sigma_data) ** 2)
+
+
+def probability_flow(
+    denoiser: Callable[[jax.Array, jax.Array], jax.Array],
+    sigma_min: float,
+    sigma_max: float,
+    sigma_data: float,
+) -> ProbabilityFlow:
+    """EDM's probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. eq. 3
+    with sigma(t) = t) from sigma_min (the data) to sigma_max, where N(0, (sigma_max^2 +
+    sigma_data^2) I) stands in for the noised data. denoiser(x [B,...], sigma [B]) -> D."""
+
+    def drift(x: jax.Array, sigma: jax.Array) -> jax.Array:
+        return (x - denoiser(x, sigma)) / _bcast(sigma, x)
+
+    std = math.sqrt(sigma_max**2 + sigma_data**2)
+    prior = lambda z: normal_logp(z, std)
+    return ProbabilityFlow(drift, prior, float(sigma_min), float(sigma_max))

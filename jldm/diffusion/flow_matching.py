@@ -9,13 +9,12 @@ In the EDM frame (jldm.diffusion.solvers) the path has alpha = 1 - t, sigma = t 
 the denoiser D = x - t v.
 """
 
-import math
 from collections.abc import Callable
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from jldm.diffusion.likelihood import ProbabilityFlow, normal_logp
 from jldm.diffusion.losses import drop_condition
 from jldm.diffusion.samplers import Known
 from jldm.diffusion.solvers import Denoiser, Frame
@@ -176,23 +175,7 @@ def flow_frame(eps: float = 1e-3) -> Frame:
     return Frame(denoiser, eps / (1.0 - eps), (1.0 - eps) / eps, 1.0)
 
 
-class ProbabilityFlow(NamedTuple):
-    """The flow's ODE for likelihoods: dx/dt = drift(x, t [B]) from t0 (data) to t1 (prior),
-    with log p_t0(x) = prior_logp(x(t1)) + int_t0^t1 div drift dt."""
-
-    drift: Velocity
-    prior_logp: Callable[[jax.Array], jax.Array]
-    t0: float = 0.0
-    t1: float = 1.0
-
-
-def prior_logp(z: jax.Array) -> jax.Array:
-    """log N(z; 0, I) summed over all but the batch axis. z: [B,...] -> [B]."""
-    dim = math.prod(z.shape[1:])
-    sq = jnp.sum(jnp.square(z).reshape(z.shape[0], -1), axis=-1)
-    return -0.5 * dim * math.log(2 * math.pi) - 0.5 * sq
-
-
 def probability_flow(velocity: Velocity) -> ProbabilityFlow:
-    """The probability-flow ODE of a trained velocity model: drift v(x, t), prior N(0, I) at 1."""
-    return ProbabilityFlow(velocity, prior_logp)
+    """The probability-flow ODE of a velocity model: dx/dt = v(x, t) from the data at t = 0 to
+    the prior N(0, I) at t = 1, which is the path's exact marginal there."""
+    return ProbabilityFlow(velocity, normal_logp, 0.0, 1.0)

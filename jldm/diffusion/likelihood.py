@@ -2,12 +2,12 @@
 
 Along any flow dx/dt = f(x, t) carrying the marginals p_t, d log p_t(x(t)) / dt = -div f, so
 log p_t0(x) = log p_t1(x(t1)) + int_t0^t1 div f(x(t), t) dt, with p_t1 replaced by the prior.
-The time may run either way (t1 < t0 too). Callers in a few lines:
-- an SDE objective: flow_likelihood(sde_drift(sde, score_fn), sde.prior_logp, x, eps, sde.T)
-  (what ode_likelihood does);
-- flow matching dx/dt = v(x, t), noise at t = 1: flow_likelihood(v, normal_logp, x, 0.0, 1.0);
-- EDM dx/dsigma = (x - D(x, sigma)) / sigma: flow_likelihood(that drift,
-  partial(normal_logp, std=sigma_max), x, sigma_min, sigma_max).
+The time may run either way (t1 < t0 too). Each objective names its flow as a
+ProbabilityFlow (drift, prior_logp, t0, t1):
+- an SDE objective: sde_flow(sde, score_fn, eps), dx/dt = f - g^2 s / 2 from eps to T (what
+  ode_likelihood solves);
+- flow matching: flow_matching.probability_flow, dx/dt = v(x, t) with the noise N(0, I) at t = 1;
+- EDM: edm.probability_flow, dx/dsigma = (x - D(x, sigma)) / sigma from sigma_min to sigma_max.
 """
 
 import functools
@@ -26,6 +26,16 @@ ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 # drift(x [B,...], t [B]) -> dx/dt [B,...]; prior_logp(z [B,...]) -> [B]
 Drift = Callable[[jax.Array, jax.Array], jax.Array]
 PriorLogp = Callable[[jax.Array], jax.Array]
+
+
+class ProbabilityFlow(NamedTuple):
+    """An ODE for likelihoods: dx/dt = drift(x, t [B]) from t0 (data) to t1 (prior), with
+    log p_t0(x) = prior_logp(x(t1)) + int_t0^t1 div drift dt."""
+
+    drift: Drift
+    prior_logp: PriorLogp
+    t0: float
+    t1: float
 
 
 class FlowLikelihood(NamedTuple):
@@ -72,6 +82,11 @@ def normal_logp(z: jax.Array, std: float = 1.0) -> jax.Array:
 def sde_drift(sde: SDE, score_fn: ScoreFn) -> Drift:
     """The probability-flow drift f - g^2 s / 2 of an SDE as drift(x [B,...], t [B])."""
     return functools.partial(sde.ode_drift, score_fn)
+
+
+def sde_flow(sde: SDE, score_fn: ScoreFn, eps: float) -> ProbabilityFlow:
+    """An SDE's probability-flow ODE from t = eps to T, its prior at T."""
+    return ProbabilityFlow(sde_drift(sde, score_fn), sde.prior_logp, eps, sde.T)
 
 
 def flow_likelihood(

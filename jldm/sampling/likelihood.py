@@ -1,5 +1,5 @@
-"""Bits/dim of 8-bit images under a trained diffusion run: the probability-flow ODE of the SDE
-objectives, the discrete variational bound of DDPM.
+"""Bits/dim of 8-bit images under a trained diffusion run: the probability-flow ODE of the SDE,
+EDM and flow-matching objectives, the discrete variational bound of DDPM.
 
 Both are upper bounds on the bits/dim of the 8-bit pixels: the ODE's through uniform
 dequantisation (log2 of the bin width added), the bound's through its discretised decoder. Each
@@ -14,11 +14,12 @@ import jax
 import ml_collections
 import numpy as np
 
+from jldm.build.flow import likelihood_flow
 from jldm.build.model import is_latent, null_condition, sr_factor
-from jldm.build.noise import build_schedule, build_sde
+from jldm.build.noise import build_schedule
 from jldm.build.objectives import make_net
 from jldm.build.vae import is_vae
-from jldm.diffusion.likelihood import dequantize, flow_likelihood, sde_drift
+from jldm.diffusion.likelihood import dequantize, flow_likelihood
 from jldm.diffusion.score_losses import sample_probe
 from jldm.diffusion.vlb import VARIANCES, pixels_to_data, vlb
 from jldm.errors import UserError
@@ -30,7 +31,8 @@ DATA_RANGE = (-1.0, 1.0)  # pixel-space runs train on images scaled to [-1, 1]
 
 
 def method(config: ml_collections.ConfigDict) -> str | None:
-    """How the run's bits/dim are measured: "ode" (vesde, vpsde, subvpsde), "vlb" (ddpm), "iwae"
+    """How the run's bits/dim are measured: "ode" (vesde, vpsde, subvpsde, edm, flow), "vlb"
+    (ddpm), "iwae"
     (a VAE with a density), or None: no density of the pixels (ncsn, latent runs,
     super-resolution's conditional model, a Bernoulli VAE on intensities)."""
     if is_vae(config):
@@ -39,7 +41,7 @@ def method(config: ml_collections.ConfigDict) -> str | None:
         return None
     if config.diffusion.objective == "ddpm":
         return "vlb"
-    return "ode" if build_sde(config) is not None else None
+    return "ode" if likelihood_flow(config, None) is not None else None
 
 
 def _refuse(config: ml_collections.ConfigDict) -> None:
@@ -58,7 +60,7 @@ def _refuse(config: ml_collections.ConfigDict) -> None:
         )
     raise UserError(
         f"bits/dim need a density: objective {f.objective!r} has none; use ddpm, vesde, vpsde "
-        "or subvpsde"
+        "subvpsde, edm or flow"
     )
 
 
@@ -79,9 +81,10 @@ def bits_per_dim(
 ):
     """Bits/dim of 8-bit images [N,H,W,C] under the run's model. -> [N] (and nfe [N]).
 
-    SDE objectives ("ode"): uniform dequantisation, one Rademacher probe per image, the
-    probability-flow ODE from eps_t to T solved adaptively to rtol = atol = tol (at most
-    max_steps step attempts per image, else a UserError), or by `steps` fixed RK4 steps.
+    ODE objectives ("ode": the SDEs, edm, flow): uniform dequantisation, one Rademacher probe
+    per image, the probability-flow ODE from the data to the prior
+    (jldm.build.flow.likelihood_flow) solved adaptively to rtol = atol = tol (at most max_steps
+    step attempts per image, else a UserError), or by `steps` fixed RK4 steps.
     ddpm ("vlb"): the variational bound with the fixed reverse variance `variance` (small:
     beta~_t, large: beta_t), summed over all T terms (terms None) or estimated from `terms`
     of them, the decoder's and one stratified draw each over the rest (jldm.diffusion.vlb);
@@ -168,8 +171,7 @@ def _keys(base: jax.Array, index: jax.Array) -> jax.Array:
 
 def _ode_chunk(run: Loaded, tol: float, steps: int | None, max_steps: int):
     config = run.config
-    sde, net = build_sde(config), make_net(config, run.model)
-    eps = config.diffusion.get("eps_t", 1e-5)
+    net = make_net(config, run.model)
 
     @jax.jit
     def chunk(params, base, index, pixels, y):
@@ -178,9 +180,9 @@ def _ode_chunk(run: Loaded, tol: float, steps: int | None, max_steps: int):
             keys, pixels
         )
         v = jax.vmap(lambda k: sample_probe(jax.random.fold_in(k, 1), x.shape[1:]))(keys)
-        drift = sde_drift(sde, lambda z, t: net(params, z, t, y))
+        ode = likelihood_flow(config, lambda z, c: net(params, z, c, y))
         out = flow_likelihood(
-            drift, sde.prior_logp, x, eps, sde.T, v,
+            ode.drift, ode.prior_logp, x, ode.t0, ode.t1, v,
             n_steps=steps, tol=tol, max_steps=max_steps, levels=LEVELS, data_range=DATA_RANGE,
         )  # fmt: skip
         return out.bpd, out.nfe, out.done
