@@ -21,6 +21,7 @@ from absl import flags
 from jldm import api
 from jldm.build import objectives, samplers
 from jldm.cli import run_main
+from jldm.data.paths import isdir, join, read_text, resolve, write_text_atomic
 from jldm.errors import UserError
 from jldm.eval.plot import nfe_plot
 from jldm.sampling import likelihood
@@ -57,10 +58,11 @@ _FIGURES = ("class_accuracy", "frechet", "precision", "recall")
 
 
 def train_speed(workdir: str) -> float | None:
-    """Median steps/s logged in WORKDIR/metrics.jsonl (None without a log or figures)."""
+    """Median steps/s logged in WORKDIR/metrics.jsonl, local or cloud (None without a log or
+    figures)."""
     try:
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        lines = read_text(join(workdir, "metrics.jsonl")).splitlines()
+        rows = [json.loads(line) for line in lines if line.strip()]
     except (OSError, ValueError):
         return None
     speeds = [r["steps_per_sec"] for r in rows if r.get("steps_per_sec") is not None]
@@ -126,7 +128,7 @@ def sample_row(run: api.Loaded, sampler: str, steps: int, g: float, per_class: i
         cond, f = api.conditions(run, labels), config.diffusion
         gen = api.make_generator(run, cond, sampler=sampler, steps=steps, guidance=g,
                                  eta=config.sample.eta)  # fmt: skip
-        what = {"objective": f.objective, "parameterization": f.parameterization}
+        what = {"objective": f.objective, "parameterization": objectives.network_output(config)}
         what.update(sampler=sampler, steps=steps, guidance=g)
         what["nfe"] = samplers.nfe(config, sampler, steps, g)
     images, compile_s, sample_s = timed(gen, seed)
@@ -233,13 +235,12 @@ def markdown(rows: list[dict], columns=COLUMNS) -> str:
 
 
 def _write(out: str, text: str, rows: list[dict]) -> None:
+    """OUT.md (text) and OUT.jsonl (rows), each written whole: local files or cloud objects."""
     try:
-        with open(out + ".md", "w") as f:
-            f.write(text + "\n")
-        with open(out + ".jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+        write_text_atomic(out + ".md", text + "\n")
+        write_text_atomic(out + ".jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     except OSError as e:
-        raise UserError(f"cannot write {out}.md ({e.strerror}): pick another --out") from None
+        raise UserError(f"cannot write {out}.md ({e.strerror or e}): pick another --out") from None
 
 
 def compare_grid(
@@ -250,7 +251,7 @@ def compare_grid(
     from jldm.build.vae import is_vae
 
     grid, bpd, real = [], [], None
-    for w in map(os.path.abspath, workdirs):
+    for w in map(resolve, workdirs):
         run = api.load(w)
         for r in grid_rows(run, budgets, per_class, guidance, seed, only):
             grid.append({**_base(w, run), **r})
@@ -271,15 +272,15 @@ def main(workdirs: list[str]) -> None:
         raise UserError(f"--budgets={','.join(FLAGS.budgets)}: give integers, e.g. 10,20") from None
     if FLAGS.nfe < 1 or FLAGS.per_class < 1 or not budgets or min(budgets) < 1:
         raise UserError("--nfe, --per_class and every --budgets value must be >= 1")
-    missing = [w for w in workdirs if not os.path.isdir(w)]
+    missing = [w for w in workdirs if not isdir(w)]
     if missing:
         raise UserError(f"workdir {missing[0]} does not exist: pass folders written by train.py")
-    out, f = os.path.abspath(FLAGS.out), FLAGS
+    out, f = resolve(FLAGS.out), FLAGS
     options = bpd_options(f.bpd_steps, f.bpd_tol, f.bpd_max_steps, f.bpd_terms, f.iwae_samples)
     if not f.grid:
         rows = []
         for w in workdirs:
-            rows.append(compare_one(os.path.abspath(w), f.nfe, f.per_class, f.guidance, f.seed,
+            rows.append(compare_one(resolve(w), f.nfe, f.per_class, f.guidance, f.seed,
                                     f.bpd_images, f.bpd_steps, f.bpd_tol, f.iwae_samples,
                                     f.bpd_max_steps, f.bpd_terms))  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)

@@ -19,6 +19,7 @@ from jldm.api import load
 from jldm.cli import run_cli
 from jldm.errors import UserError
 from jldm.train import workdir as run_folder
+from tests import fake_cloud
 from tests.clitools import assert_error_line, train_args
 from tests.test_bad_inputs import _snapshot
 from tests.tiny import ROOT
@@ -101,36 +102,13 @@ def test_a_second_train_py_is_refused_and_the_first_run_is_unharmed(tmp_path, ca
     assert load(workdir).step == 2
 
 
-# Workdirs on a cloud path. The fake gs:// is an in-memory fsspec filesystem behind etils.epath
-# (the route epath takes for gs:// without TensorFlow): an object store with no flock, no
-# rename and no local files, reached without network.
+# Workdirs on a cloud path: the fake gs:// of tests/fake_cloud.py.
 
 
 @pytest.fixture
 def cloud(monkeypatch, tmp_path):
-    """The fake gs:// filesystem class; the test runs in an empty local folder, where a cloud
-    path turned local by mistake would land."""
-    import importlib
-
-    from etils.epath import backend, gpath
-    from fsspec.implementations.memory import MemoryFileSystem
-
-    class FakeGCS(MemoryFileSystem):
-        protocol = ("gs", "gcs")
-        store = {}
-        pseudo_dirs = [""]
-
-    registry = importlib.import_module("fsspec.registry")._registry
-    for name in ("gs", "gcs"):
-        monkeypatch.setitem(registry, name, FakeGCS)
-    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
-    backend.fsspec_backend._get_filesystem.cache_clear()
-    local = tmp_path / "cwd"
-    local.mkdir()
-    monkeypatch.chdir(local)
-    yield FakeGCS
-    backend.fsspec_backend._get_filesystem.cache_clear()
-    assert list(local.iterdir()) == []
+    """The fake gs:// filesystem class (tests.fake_cloud.install)."""
+    yield from fake_cloud.install(monkeypatch, tmp_path)
 
 
 def test_cloud_paths_are_kept_as_given_and_local_ones_made_absolute(tmp_path, monkeypatch):

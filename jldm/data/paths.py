@@ -33,9 +33,19 @@ def resolve(path: str | os.PathLike) -> str:
     return text.rstrip("/")
 
 
-def join(path: str, *parts: str) -> str:
+def join(path: str | os.PathLike, *parts: str) -> str:
     """path / parts, for local and cloud paths alike."""
+    path = os.fspath(path)
     return os.path.join(path, *parts) if is_local(path) else "/".join([path.rstrip("/"), *parts])
+
+
+def dirname(path: str | os.PathLike) -> str:
+    """The folder holding path; a cloud path's stops at its bucket (gs://b/x -> gs://b)."""
+    path = os.fspath(path)
+    if is_local(path):
+        return os.path.dirname(path)
+    scheme, rest = path.rstrip("/").split("://", 1)
+    return f"{scheme}://{rest.rsplit('/', 1)[0]}"
 
 
 def as_epath(path: str | os.PathLike) -> epath.Path:
@@ -76,6 +86,15 @@ def remove(path: str) -> None:
         as_epath(path).unlink()
 
 
+def rename(src: str, dst: str) -> None:
+    """Move file or folder src to dst: os.replace locally; on an object store a copy of each
+    object then its removal (not atomic: a reader may see both for a moment)."""
+    if is_local(src):
+        os.replace(src, dst)
+    else:
+        as_epath(src).rename(dst)
+
+
 def read_bytes(path: str) -> bytes:
     if is_local(path):
         with open(path, "rb") as f:
@@ -94,3 +113,13 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+def read_text(path: str) -> str:
+    """The UTF-8 text of path."""
+    return read_bytes(path).decode()
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """write_bytes_atomic of text as UTF-8."""
+    write_bytes_atomic(path, text.encode())

@@ -7,6 +7,7 @@ digits, well under a minute for Fashion-MNIST); jldm.eval.classifier_cache keeps
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jldm.data.paths import is_local, read_bytes, write_bytes_atomic
 from jldm.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -184,7 +186,9 @@ class Classifier:
         return float(np.mean(self.predict(images01) == labels))
 
     def save(self, path: str) -> None:
-        """Write weights and the data key to an .npz (atomic: no half-written cache)."""
+        """Write weights and the data key to an .npz at path, atomically (no half-written cache):
+        locally a temporary file in path's folder (created as needed) renamed over it, to a cloud
+        path (gs://...) one object upload."""
         arrays: dict[str, np.ndarray] = {
             "mean": self.mean,
             "scale": np.float32(self.scale),
@@ -194,6 +198,11 @@ class Classifier:
         for i, (w, b) in enumerate(self.params):
             arrays[f"w{i}"] = w
             arrays[f"b{i}"] = b
+        if not is_local(path):
+            buffer = io.BytesIO()
+            np.savez(buffer, **arrays)
+            write_bytes_atomic(path, buffer.getvalue())
+            return
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".npz", dir=directory)
@@ -207,8 +216,9 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str) -> Classifier:
-        """Read a classifier written by save."""
-        with np.load(path, allow_pickle=False) as z:
+        """Read a classifier written by save, from a local or a cloud path."""
+        source = path if is_local(path) else io.BytesIO(read_bytes(path))
+        with np.load(source, allow_pickle=False) as z:
             n_layers = sum(1 for k in z.files if k.startswith("w"))
             params = [(z[f"w{i}"], z[f"b{i}"]) for i in range(n_layers)]
             return cls(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 
 import numpy as np
 from PIL import Image
 
+from jldm.data.paths import is_local, write_bytes_atomic
 from jldm.errors import UserError
 
 # Cells of tiny images (8x8 digits) are upscaled to at least this many pixels to be visible.
@@ -76,11 +78,17 @@ def save_grid(
     """Write images01: [N, H, W, C] as a PNG grid (grayscale if C = 1, RGB if C = 3); returns path.
 
     scale=None upscales so that each cell is at least MIN_CELL_PX pixels on its short side.
+    path may be local (its folder is created) or a cloud path (gs://...: one object upload).
     """
     images = np.asarray(images01)
     grid = make_grid(images, ncols, pad=pad, scale=scale or readable_scale(images))
     # uint8 [H, W] maps to mode "L" and [H, W, 3] to "RGB".
     picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    if not is_local(path):
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        write_bytes_atomic(path, buffer.getvalue())
+        return path
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     picture.save(path, format="PNG")

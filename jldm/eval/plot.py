@@ -4,11 +4,12 @@ and one legend for all of them."""
 
 import dataclasses
 import math
-import os
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from jldm.eval.scatter import save_png
 
 PALETTE = (
     (31, 119, 180),
@@ -187,11 +188,10 @@ def render(panels: Sequence[Panel]) -> tuple[Image.Image, list[Axes]]:
 
 
 def save_line_plot(panels: Sequence[Panel], path: str) -> str:
-    """Write render(panels) to path as PNG (folders made as needed). Returns path."""
+    """Write render(panels) to path as PNG (local folders made as needed; a cloud path is one
+    object upload). Returns path."""
     image, _ = render(panels)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    image.save(path, format="PNG")
-    return path
+    return save_png(image, path)
 
 
 def nfe_plot(rows: Sequence[dict], real: dict | None, path: str) -> str:

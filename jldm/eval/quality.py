@@ -4,13 +4,13 @@ precision and recall (k-nearest-neighbour manifolds)."""
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jldm.data.paths import resolve
 from jldm.errors import UserError
 from jldm.eval.classifier import Classifier
 from jldm.eval.classifier_cache import cache_folder, classifier_for
@@ -143,12 +143,9 @@ def reference_for(
 
     cache_dir: where the classifier is cached (default: $JLDM_CACHE_DIR, else ~/.cache/jldm).
     """
-    # Keyed by absolute paths so periodic evaluation during training loads both splits once.
+    # Keyed by resolved paths so periodic evaluation during training loads both splits once.
     return _reference_cached(
-        dataset_name,
-        os.path.abspath(os.path.expanduser(data_dir)),
-        os.path.abspath(os.path.expanduser(fashion_dir)),
-        os.path.abspath(cache_folder(cache_dir)),
+        dataset_name, resolve(data_dir), resolve(fashion_dir), resolve(cache_folder(cache_dir))
     )
 
 

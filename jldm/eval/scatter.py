@@ -1,9 +1,25 @@
 """2-D point clouds as PNG scatter plots with pillow (no plotting library needed)."""
 
+import io
 import os
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from jldm.data.paths import is_local, write_bytes_atomic
+
+
+def save_png(image: Image.Image, path: str) -> str:
+    """Write image to path as PNG: locally into its folder (created as needed); to a cloud path
+    (gs://...) as one object upload of the PNG encoded in memory. Returns path."""
+    if not is_local(path):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        write_bytes_atomic(path, buffer.getvalue())
+        return path
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    image.save(path, format="PNG")
+    return path
 
 
 def save_scatter(
@@ -15,7 +31,8 @@ def save_scatter(
 ) -> str:
     """Write points [N,2] as a density-shaded scatter PNG; marks [K,2] drawn as red crosses.
 
-    extent = (xmin, xmax, ymin, ymax); points outside it or not finite are left out. Returns path.
+    extent = (xmin, xmax, ymin, ymax); points outside it or not finite are left out. path may be
+    local or a cloud path (see save_png). Returns path.
     """
     x0, x1, y0, y1 = extent
     pts = np.asarray(points, np.float64)
@@ -43,7 +60,4 @@ def save_scatter(
             py = (y1 - my) / (y1 - y0) * size
             draw.line([(px - arm, py), (px + arm, py)], fill=(220, 30, 30), width=2)
             draw.line([(px, py - arm), (px, py + arm)], fill=(220, 30, 30), width=2)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    image.save(path, format="PNG")
-    return path
+    return save_png(image, path)

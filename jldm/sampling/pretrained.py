@@ -203,9 +203,12 @@ def sample_pretrained(
 ) -> None:
     """sample.py --pretrained: write OUT.png (one row per prompt) and OUT.npz (images, prompts).
 
-    options: those of generate_text_to_image.
+    OUT may be a cloud prefix (gs://...): each file is then one object. options: those of
+    generate_text_to_image.
     """
+    from jldm.data.paths import dirname, makedirs
     from jldm.eval import save_grid
+    from jldm.sampling.shards import save_npz
 
     # Mistakes that need no weights are reported before the (slow) load.
     sampler, steps = options.get("sampler", "ddim"), options.get("steps", 50)
@@ -222,11 +225,11 @@ def sample_pretrained(
     t0 = time.perf_counter()
     images = generate_text_to_image(pipe, prompts, tokenizer=load_tokenizer(pipe.root), **options)
     seconds = time.perf_counter() - t0
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    makedirs(dirname(out) or ".")
     per_prompt = options.get("num_per_prompt", 1)
     save_grid(images, out + ".png", ncols=per_prompt)
     per_image = [p for p in prompts for _ in range(per_prompt)]
-    np.savez(out + ".npz", images=images, prompts=np.asarray(per_image))
+    save_npz(out + ".npz", images=images, prompts=np.asarray(per_image))
     print(
         f"{images.shape[0]} images {images.shape[1]}x{images.shape[2]}, {sampler} {steps} steps, "
         f"guidance {options.get('guidance', 7.5)}, {jnp.dtype(dtype).name}, "

@@ -18,7 +18,15 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from jldm.data.paths import isfile, join, listdir, makedirs, read_bytes, write_bytes_atomic
+from jldm.data.paths import (
+    is_local,
+    isfile,
+    join,
+    listdir,
+    makedirs,
+    read_bytes,
+    write_bytes_atomic,
+)
 from jldm.errors import UserError
 from jldm.sampling.pipeline import make_generator
 from jldm.sampling.run import Loaded, conditions
@@ -63,6 +71,14 @@ def _write_atomic(path: str, **arrays) -> None:
     buffer = io.BytesIO()  # one shard of uint8 images: small
     np.savez(buffer, **arrays)
     write_bytes_atomic(path, buffer.getvalue())
+
+
+def save_npz(path: str, **arrays) -> None:
+    """np.savez(path, **arrays) for a local path; one object upload for a cloud path."""
+    if is_local(path):
+        np.savez(path, **arrays)
+    else:
+        _write_atomic(path, **arrays)
 
 
 def sample_shards(

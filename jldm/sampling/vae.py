@@ -168,9 +168,11 @@ def sample_vae_run(
     """sample.py for a VAE run: writes OUT.png (prior samples, per_class to a row) and OUT.npz
     (images [N,H,W,C] in [0, 1], labels [N]), OUT_recon.png (test images, each row followed by
     its reconstructions) and OUT_interp.png (rows: image a, interpolations, image b); prints
-    a summary and, for the digits and Fashion-MNIST, the quality figures. unused: flag -> value
-    of sample.py flags that a VAE run refuses when set. -> the written paths."""
+    a summary and, for the digits and Fashion-MNIST, the quality figures. OUT may be a cloud
+    prefix (gs://...): each file is then one object. unused: flag -> value of sample.py flags
+    that a VAE run refuses when set. -> the written paths."""
     from jldm.eval import save_grid
+    from jldm.sampling.shards import save_npz
 
     _refuse(unused or {})
     config = run.config
@@ -180,7 +182,7 @@ def sample_vae_run(
     images = generate(run, labels=labels if cond else None, num=len(labels), seed=seed)
     seconds = time.perf_counter() - t0
     paths = [save_grid(images, out + ".png", ncols=per_class), out + ".npz"]
-    np.savez(paths[1], images=images, labels=labels if cond else np.full(len(images), -1))
+    save_npz(paths[1], images=images, labels=labels if cond else np.full(len(images), -1))
 
     pixels, test_labels = eval_pixels(config, 2 * per_class)
     x = pixels.astype(np.float32) / 255.0

@@ -2,10 +2,10 @@
 clone).
 
 Writes OUT.png (one row per class) and OUT.npz (images [N,H,W,C] in [0,1], labels [N]) and,
-for the digits and Fashion-MNIST, prints the project's quality figures.
+for the digits and Fashion-MNIST, prints the project's quality figures. WORKDIR and OUT may
+be cloud paths (gs://...): they are kept as given and written through etils.epath.
 """
 
-import os
 import time
 
 from absl import flags
@@ -143,28 +143,37 @@ def _labels(num_classes: int, classes: list[str] | None, per_class: int):
 
 
 def _writable_prefix(out: str) -> str:
+    """The --out prefix made absolute (a cloud one kept as given), its folder checked and made."""
+    from jldm.data.paths import dirname, makedirs, resolve
     from jldm.train.workdir import check_writable_folder
 
-    out = os.path.abspath(os.path.expanduser(out))
-    folder = os.path.dirname(out)
+    out = resolve(out)
+    folder = dirname(out)
     check_writable_folder(folder, "the --out folder")
-    os.makedirs(folder, exist_ok=True)
+    makedirs(folder)
     return out
 
 
 def _read_image(path: str, flag: str, channels: int | None):
-    """A .png or .npy file -> float32 [H, W, C] in [0, 1] ([H, W] for channels None)."""
+    """A .png or .npy file -> float32 [H, W, C] in [0, 1] ([H, W] for channels None).
+
+    path may be local or a cloud object (gs://...).
+    """
+    import io
+
     import numpy as np
 
+    from jldm.data.paths import is_local, read_bytes
     from jldm.errors import UserError
 
     try:
+        source = path if is_local(path) else io.BytesIO(read_bytes(path))
         if path.endswith(".npy"):
-            a = np.load(path).astype(np.float32)
+            a = np.load(source).astype(np.float32)
         else:
             from PIL import Image
 
-            a = np.asarray(Image.open(path).convert("L" if channels in (1, None) else "RGB"))
+            a = np.asarray(Image.open(source).convert("L" if channels in (1, None) else "RGB"))
             a = a.astype(np.float32) / 255.0
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {flag} {path} ({e}): pass a .png or .npy file") from None
@@ -231,6 +240,7 @@ def _sample_shards(workdir: str) -> None:
     import jldm
     from jldm.build import samplers
     from jldm.build.vae import is_vae
+    from jldm.data.paths import join, resolve
     from jldm.errors import UserError
     from jldm.sampling.shards import sample_shards
     from jldm.train.workdir import check_writable_folder
@@ -243,7 +253,7 @@ def _sample_shards(workdir: str) -> None:
     run = jldm.load(workdir, FLAGS.step)
     if is_vae(run.config):
         raise UserError("--batch_size is for diffusion runs: drop it for a VAE run")
-    out = os.path.abspath(os.path.expanduser(FLAGS.out or os.path.join(workdir, "shards")))
+    out = resolve(FLAGS.out or join(workdir, "shards"))
     check_writable_folder(out, "--out")
     s, d = run.config.sample, run.config.data
     classes = None
@@ -308,8 +318,10 @@ def main(owns_process: bool = False) -> None:
     import jldm
     from jldm.build import samplers
     from jldm.build.vae import is_vae
+    from jldm.data.paths import join, resolve
     from jldm.errors import UserError
     from jldm.eval import save_grid
+    from jldm.sampling.shards import save_npz
 
     _check_flags()
     if FLAGS.pretrained is not None:
@@ -323,11 +335,11 @@ def main(owns_process: bool = False) -> None:
         raise UserError(
             "sample.py needs --workdir DIR (a folder written by train.py) or --pretrained DIR"
         )
-    workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
+    workdir = resolve(FLAGS.workdir)  # a cloud path (gs://...) is kept as given
     if FLAGS.batch_size is not None:
         return _sample_shards(workdir)
     run = jldm.load(workdir, FLAGS.step)
-    out = _writable_prefix(FLAGS.out or os.path.join(workdir, "samples"))
+    out = _writable_prefix(FLAGS.out or join(workdir, "samples"))
     s, d = run.config.sample, run.config.data
     per_class = s.per_class if FLAGS.num is None else FLAGS.num
     if is_vae(run.config):
@@ -372,7 +384,7 @@ def main(owns_process: bool = False) -> None:
     )
     seconds = time.perf_counter() - t0
     save_grid(images, out + ".png", ncols=per_class)
-    np.savez(out + ".npz", images=images, labels=labels, prompts=np.asarray(prompts or []))
+    save_npz(out + ".npz", images=images, labels=labels, prompts=np.asarray(prompts or []))
     nfe = samplers.nfe(run.config, sampler, steps, guidance)
     print(
         f"step {run.step}: {len(labels)} samples, {sampler} ({nfe} NFE), "

@@ -73,7 +73,6 @@ def main(owns_process: bool = False) -> None:
     if FLAGS.config is None or FLAGS.workdir is None:
         raise UserError("train.py needs --config configs/NAME.py and --workdir DIR")
     _check_config_loaded()
-    workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
     if owns_process and isinstance(FLAGS.config.train.get("batch_size"), int):
         use_every_core(max(FLAGS.config.train.batch_size, 1))
     # jax.distributed.initialize must come before anything starts a JAX backend.
@@ -84,12 +83,14 @@ def main(owns_process: bool = False) -> None:
     )
     import jax
 
+    from jldm.data.paths import resolve
     from jldm.train.checkpoint import quiet_abandoned_reads_for_process
     from jldm.train.entry import train
 
     if owns_process:
         # Process-wide hooks: only a process that ends with this run may keep them.
         quiet_abandoned_reads_for_process()
+    workdir = resolve(FLAGS.workdir)  # a cloud path (gs://...) is kept as given
     if train(FLAGS.config, workdir, force=FLAGS.force) and jax.process_index() == 0:
         print(f"trained: {workdir} (checkpoints in {workdir}/checkpoints)")
 

@@ -19,6 +19,7 @@ from flax import serialization
 from jldm.build.autoencoder import build_autoencoder, build_discriminator, init_stage1
 from jldm.build.state import TrainState, abstract_state, create_state, make_optimizer
 from jldm.data import batches_for
+from jldm.data.paths import isfile, join, makedirs, read_bytes, write_bytes_atomic
 from jldm.diffusion.vae_losses import make_autoencoder_loss
 from jldm.errors import UserError
 from jldm.nn import perceptual
@@ -36,28 +37,29 @@ def stage1_shapes(config: ml_collections.ConfigDict, tx=None) -> TrainState:
 
 
 def save_perceptual(params, path: str) -> None:
-    """Write the perceptual net's params as flax msgpack bytes to path."""
-    with open(path, "wb") as f:
-        f.write(serialization.msgpack_serialize(jax.tree_util.tree_map(jnp.asarray, params)))
+    """Write the perceptual net's params as flax msgpack bytes to path (local or cloud),
+    atomically: a reader sees the old file or the whole new one."""
+    data = serialization.msgpack_serialize(jax.tree_util.tree_map(jnp.asarray, params))
+    write_bytes_atomic(path, data)
 
 
 def load_perceptual(path: str):
-    """Params written by save_perceptual; a missing file is a UserError naming the fix."""
-    if not os.path.isfile(path):
+    """Params written by save_perceptual (local or cloud path); a missing file is a UserError
+    naming the fix."""
+    if not isfile(path):
         raise UserError(
             f"no perceptual-net weights at {path}: train PerceptualNet as a classifier and "
             "save its params there, or leave stage1.perceptual_weights empty"
         )
-    with open(path, "rb") as f:
-        return serialization.msgpack_restore(f.read())
+    return serialization.msgpack_restore(read_bytes(path))
 
 
 def _perceptual_features(config, images: np.ndarray, labels: np.ndarray, folder: str):
     """Feature function of the perceptual net: loaded from a file, else trained and saved."""
     a = config.stage1
     net = perceptual.PerceptualNet(num_classes=config.data.num_classes)
-    path = os.path.expanduser(a.perceptual_weights) or os.path.join(folder, "perceptual.msgpack")
-    if a.perceptual_weights or os.path.isfile(path):
+    path = os.path.expanduser(a.perceptual_weights) or join(folder, "perceptual.msgpack")
+    if a.perceptual_weights or isfile(path):
         return perceptual.feature_fn(net, load_perceptual(path))
     params = net.init(jax.random.PRNGKey(config.seed), jnp.asarray(images[:1]))["params"]
     tx = optax.adam(1e-3)
@@ -77,7 +79,7 @@ def _perceptual_features(config, images: np.ndarray, labels: np.ndarray, folder:
         idx = batches_for(config.seed + 1, i, 1, a.batch_size, len(images))[0]
         params, opt = step(params, opt, images[idx], labels[idx])
     if jax.process_index() == 0:
-        os.makedirs(folder, exist_ok=True)
+        makedirs(folder)
         save_perceptual(params, path)
     return perceptual.feature_fn(net, params)
 

@@ -1,4 +1,7 @@
-"""Orbax checkpoints of the TrainState in WORKDIR/checkpoints, one folder per step."""
+"""Orbax checkpoints of the TrainState in WORKDIR/checkpoints, one folder per step.
+
+WORKDIR may be a cloud folder (gs://...): Orbax gets that path as given and writes it itself.
+"""
 
 import contextlib
 import gc
@@ -11,6 +14,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jldm.build.state import TrainState
+from jldm.data.paths import exists, join, rename, resolve
 from jldm.errors import UserError
 
 # Unreadable step folders are renamed to this prefix + step; orbax's step pattern (digits only)
@@ -19,8 +23,9 @@ CORRUPT_PREFIX = "corrupt-"
 
 
 def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
-    """A CheckpointManager; only fully written (finalized) steps are listed and restored."""
-    return _manager(os.path.join(os.path.abspath(workdir), "checkpoints"), keep, read_only)
+    """A CheckpointManager of WORKDIR/checkpoints (a local workdir made absolute, a cloud one
+    as given); only fully written (finalized) steps are listed and restored."""
+    return _manager(join(resolve(workdir), "checkpoints"), keep, read_only)
 
 
 def _manager(path, keep: int, read_only: bool) -> ocp.CheckpointManager:
@@ -220,13 +225,13 @@ def _move_aside(mngr: ocp.CheckpointManager, steps: list[int]) -> list[str]:
     root = os.fspath(mngr.directory)
     moved = []
     for step in steps:
-        dst = os.path.join(root, f"{CORRUPT_PREFIX}{step}")
+        dst = join(root, f"{CORRUPT_PREFIX}{step}")
         n = 1
-        while os.path.exists(dst):
+        while exists(dst):
             n += 1
-            dst = os.path.join(root, f"{CORRUPT_PREFIX}{step}.{n}")
+            dst = join(root, f"{CORRUPT_PREFIX}{step}.{n}")
         if jax.process_index() == 0:
-            os.replace(os.path.join(root, str(step)), dst)
+            rename(join(root, str(step)), dst)
         moved.append(dst)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils

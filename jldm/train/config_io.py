@@ -1,11 +1,15 @@
-"""The resolved config in WORKDIR/config.json: written by train, read by sample and load."""
+"""The resolved config in WORKDIR/config.json: written by train, read by sample and load.
+
+WORKDIR may be local or a cloud folder (jldm.data.paths): config.json is replaced atomically
+either way (a renamed temporary file, one object upload).
+"""
 
 import json
-import os
 import time
 
 import ml_collections
 
+from jldm.data.paths import isdir, isfile, join, makedirs, read_text, rename, write_text_atomic
 from jldm.errors import UserError
 
 # Sections that define what a checkpoint is; a workdir keeps them fixed across restarts.
@@ -28,18 +32,17 @@ _ADDED_DEFAULTS = {"objective": "ddpm", "parameterization": "score"}
 
 
 def config_path(workdir: str) -> str:
-    return os.path.join(workdir, "config.json")
+    return join(workdir, "config.json")
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a run was started with."""
     path = config_path(workdir)
-    if not os.path.isfile(path):
+    if not isfile(path):
         raise UserError(
             f"{workdir} holds no jldm run (no config.json): pass the --workdir given to train.py"
         )
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.loads(read_text(path)))
     # Runs written before score objectives existed are DDPM runs.
     for key, value in _ADDED_DEFAULTS.items():
         if key not in config.diffusion:
@@ -53,7 +56,7 @@ def _plain(c: ml_collections.ConfigDict, keys) -> dict:
 
 def architecture_changes(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
     """The architecture keys on which config differs from the run already in workdir."""
-    if not os.path.isfile(config_path(workdir)):
+    if not isfile(config_path(workdir)):
         return []
     a, b = _plain(read_config(workdir), _ARCHITECTURE), _plain(config, _ARCHITECTURE)
     return sorted(
@@ -81,14 +84,10 @@ def write_config(workdir: str, config: ml_collections.ConfigDict, force: bool = 
     With force, the old run's checkpoints are moved aside, never deleted.
     """
     check_config_change(workdir, config, force)
-    old_ckpt = os.path.join(workdir, "checkpoints")
-    if architecture_changes(workdir, config) and os.path.isdir(old_ckpt):
+    old_ckpt = join(workdir, "checkpoints")
+    if architecture_changes(workdir, config) and isdir(old_ckpt):
         kept = f"{old_ckpt}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-        os.replace(old_ckpt, kept)
+        rename(old_ckpt, kept)
         print(f"--force: the previous run's checkpoints are kept in {kept}")
-    os.makedirs(workdir, exist_ok=True)
-    path = config_path(workdir)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(config.to_json(indent=2))
-    os.replace(tmp, path)
+    makedirs(workdir)
+    write_text_atomic(config_path(workdir), config.to_json(indent=2))

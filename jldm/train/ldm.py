@@ -8,7 +8,6 @@ encoding and kept in every stage-2 checkpoint's metadata with the stage-1 folder
 decodes with exactly the autoencoder and scale the UNet was trained against.
 """
 
-import os
 from collections.abc import Iterator
 
 import jax
@@ -18,7 +17,7 @@ from jax.experimental import multihost_utils
 
 from jldm.build.autoencoder import build_autoencoder
 from jldm.data.latents import LatentRecords, open_latents, write_latents
-from jldm.data.paths import is_local, resolve
+from jldm.data.paths import is_local, join, makedirs, resolve
 from jldm.data.stream import Source
 from jldm.errors import UserError
 from jldm.sampling.run import Stage1
@@ -35,12 +34,12 @@ ENCODE_BATCH = 256
 def stage1_folder(config: ml_collections.ConfigDict, workdir: str) -> str:
     """stage1.workdir (an existing stage-1 run), or WORKDIR/stage1 where this run trains it."""
     given = config.stage1.workdir
-    return resolve(given) if given else os.path.join(workdir, "stage1")
+    return resolve(given) if given else join(workdir, "stage1")
 
 
 def latent_folder(config: ml_collections.ConfigDict, workdir: str) -> str:
     """data.latent_dir, or WORKDIR/latents: where the encoded training set is kept."""
-    folder = resolve(config.data.get("latent_dir", "") or os.path.join(workdir, "latents"))
+    folder = resolve(config.data.get("latent_dir", "") or join(workdir, "latents"))
     if not is_local(folder):
         raise UserError(
             f"the encoded training set would go to {folder}, but array_record shards are read "
@@ -139,7 +138,7 @@ def fit_latent(
         params = load_stage1(config, folder)
         step = _stage1_step(folder)
     else:
-        os.makedirs(folder, exist_ok=True)
+        makedirs(folder)
         arrays = data if isinstance(data, tuple) else _in_memory(source)
         first = fit(stage1_task(config, folder, *arrays), folder)
         del arrays

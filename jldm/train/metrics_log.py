@@ -1,12 +1,25 @@
 """Scalars to WORKDIR/metrics.jsonl and TensorBoard event files (WORKDIR/tb), which also get
-images (sample grids during training) and text (the config)."""
+images (sample grids during training) and text (the config).
 
+A local metrics.jsonl is appended to and flushed on every logged step. On a cloud workdir
+(gs://, s3://: see jldm.data.paths) an object cannot be appended to: the object's lines (read
+when the writer opens, so a resumed run extends them) and the new ones are kept in memory, and
+the whole object is uploaded again at most every flush_seconds and at close. A job killed
+without closing loses at most the last flush_seconds of lines; readers always see a whole
+object. The event files of a cloud workdir go the same way through etils.epath (uploaded whole
+on each of tensorboardX's flushes, every 120 s, as tensorboardX's own gs:// writer does), so
+they need no google-cloud-storage or boto3 and use the credentials the rest of the workdir does.
+"""
+
+import io
 import json
 import math
-import os
 import sys
+import time
 
 import numpy as np
+
+from jldm.data.paths import is_local, isfile, join, makedirs, read_text, write_bytes_atomic
 
 
 def _summary_writer_class():
@@ -34,14 +47,94 @@ def _finite_or_none(value):
     return value if math.isfinite(value) else None
 
 
-class MetricWriter:
-    """Appends one JSON line per logged step and mirrors the scalars to TensorBoard."""
+class ObjectLog:
+    """A text file on an object store that grows by writes: the object's text when opened plus
+    what was written since, uploaded whole by flush (at most every `every` seconds; the first
+    flush at once) and by close."""
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    def __init__(self, path: str, every: float):
+        self.path, self.every = path, every
+        self._parts = [read_text(path)] if isfile(path) else []
+        self._uploaded = -math.inf
+        self._pending = False
+
+    def write(self, text: str) -> None:
+        self._parts.append(text)
+        self._pending = True
+
+    def flush(self) -> None:
+        if self._pending and time.monotonic() - self._uploaded >= self.every:
+            self._upload()
+
+    def close(self) -> None:
+        if self._pending:
+            self._upload()
+
+    def _upload(self) -> None:
+        text = "".join(self._parts)
+        self._parts = [text]
+        write_bytes_atomic(self.path, text.encode())
+        self._uploaded, self._pending = time.monotonic(), False
+
+
+class _ObjectRecordFile:
+    """One tensorboardX event file on an object store: its bytes so far, uploaded whole on flush."""
+
+    def __init__(self, path: str):
+        self.path, self._buffer, self._pending = path, io.BytesIO(), True
+
+    def write(self, data: bytes) -> None:
+        self._buffer.write(data)
+        self._pending = True
+
+    def flush(self) -> None:
+        if self._pending:
+            write_bytes_atomic(self.path, self._buffer.getvalue())
+            self._pending = False
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _ObjectRecordFactory:
+    """tensorboardX's writer factory for one URI scheme, through etils.epath."""
+
+    def open(self, path: str) -> _ObjectRecordFile:
+        return _ObjectRecordFile(path)
+
+    def directory_check(self, path: str) -> None:
+        makedirs(path)
+
+
+def _summary_writer(logdir: str):
+    """A tensorboardX SummaryWriter of logdir; a cloud logdir's event files go through epath."""
+    cls = _summary_writer_class()
+    if not is_local(logdir):
+        from tensorboardX import record_writer  # the package is imported (without torch) above
+
+        record_writer.register_writer_factory(logdir.split(":", 1)[0], _ObjectRecordFactory())
+    return cls(logdir)
+
+
+def _open_jsonl(path: str, flush_seconds: float):
+    """metrics.jsonl for appending: the local file, or an ObjectLog of the cloud object."""
+    if is_local(path):
+        return open(path, "a")  # noqa: SIM115
+    return ObjectLog(path, flush_seconds)
+
+
+class MetricWriter:
+    """Appends one JSON line per logged step and mirrors the scalars to TensorBoard.
+
+    flush_seconds: on a cloud workdir, the least time between two uploads of metrics.jsonl
+    (see the module docstring); a local file is flushed on every write.
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True, flush_seconds: float = 30.0):
         self.enabled = enabled
         if enabled:
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
-            self._tb = _summary_writer_class()(os.path.join(workdir, "tb"))
+            self._jsonl = _open_jsonl(join(workdir, "metrics.jsonl"), flush_seconds)
+            self._tb = _summary_writer(join(workdir, "tb"))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:

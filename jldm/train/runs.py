@@ -1,6 +1,7 @@
-"""Reading a trained run back: config, model and (EMA) params from its checkpoints."""
+"""Reading a trained run back: config, model and (EMA) params from its checkpoints.
 
-import os
+The workdir may be local or a cloud folder (gs://...: see jldm.data.paths).
+"""
 
 import ml_collections
 
@@ -9,6 +10,7 @@ from jldm.build.autoencoder import build_autoencoder
 from jldm.build.model import build_model, is_latent
 from jldm.build.noise import build_schedule
 from jldm.build.vae import build_vae, is_vae, vae_state_shapes
+from jldm.data.paths import isdir, join
 from jldm.errors import UserError
 from jldm.sampling.run import Loaded, Stage1
 from jldm.train import checkpoint
@@ -19,7 +21,7 @@ from jldm.train.workdir import check_checkpoint_folder
 
 def load_run(workdir: str, step: int | None = None, ema: bool = True) -> Loaded:
     """The run in workdir at step (None: the latest readable), with EMA or raw params."""
-    if not os.path.isdir(workdir):
+    if not isdir(workdir):
         raise UserError(f"workdir {workdir} does not exist: pass the --workdir given to train.py")
     config = read_config(workdir)
     return load_state(config, workdir, step, ema)
@@ -32,7 +34,7 @@ def load_state(
     if config.data.name.startswith("toy"):
         raise UserError(f"{workdir} is a toy-density run: its samples are WORKDIR/samples.npz")
     model = build_vae(config) if is_vae(config) else build_model(config)
-    check_checkpoint_folder(os.path.join(workdir, "checkpoints"))
+    check_checkpoint_folder(join(workdir, "checkpoints"))
     mngr = checkpoint.manager(workdir, read_only=True)
     if mngr.latest_step() is None:
         raise UserError(f"no checkpoint in {workdir}/checkpoints: train first with train.py")

@@ -13,8 +13,6 @@ Objectives (diffusion.objective) and what the network's condition c is:
 - vesde, vpsde, subvpsde: continuous-time DSM, c = t; pc, em (pc without corrector) or ode.
 """
 
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -25,6 +23,7 @@ from jldm.build import samplers as sampler_registry
 from jldm.build import state as build_state
 from jldm.build.noise import build_sde, ncsn_sigmas
 from jldm.build.state import TrainState, create_state, make_optimizer
+from jldm.data.paths import join
 from jldm.diffusion import score_losses
 from jldm.diffusion import toy as toy_density
 from jldm.diffusion.toy import GaussianMixture
@@ -32,6 +31,7 @@ from jldm.errors import UserError
 from jldm.eval import density
 from jldm.eval.scatter import save_scatter
 from jldm.nn.mlp import ScoreMLP
+from jldm.sampling.shards import save_npz
 from jldm.train.fit import Task
 from jldm.train.step import make_update
 
@@ -228,8 +228,8 @@ def report_samples(config, workdir: str, mix: GaussianMixture, x, err_init: floa
     writer.write(config.train.steps, final)
     writer.close()
     means, stds = np.asarray(mix.means), np.asarray(mix.stds)
-    np.savez(
-        os.path.join(workdir, "samples.npz"),
+    save_npz(
+        join(workdir, "samples.npz"),
         x=x,
         means=means,
         weights=np.asarray(mix.weights),
@@ -239,7 +239,7 @@ def report_samples(config, workdir: str, mix: GaussianMixture, x, err_init: floa
     half = 0.5 * float((hi - lo).max())
     mid = 0.5 * (lo + hi)
     extent = (mid[0] - half, mid[0] + half, mid[1] - half, mid[1] + half)
-    save_scatter(x, os.path.join(workdir, "samples.png"), extent, marks=means)
+    save_scatter(x, join(workdir, "samples.png"), extent, marks=means)
     print(
         f"score error (relative MSE): init {err_init:.4f} -> end {final['score_error']:.4f} "
         f"(EMA {final['score_error_ema']:.4f})"
@@ -251,5 +251,5 @@ def report_samples(config, workdir: str, mix: GaussianMixture, x, err_init: floa
     print(
         f"mean distance to nearest mean {report['mean_dist']:.3f} (exact draws "
         f"{exact['mean_dist']:.3f}); {report['nonfinite']} non-finite; "
-        f"{os.path.join(workdir, 'samples.png')}"
+        f"{join(workdir, 'samples.png')}"
     )
