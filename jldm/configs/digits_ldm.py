@@ -35,7 +35,7 @@ def get_config():
     a.rec_loss = "l1"
     a.kl_weight = 1e-6
     a.perceptual_weight = 0.1
-    a.perceptual_weights = ""  # a local PerceptualNet msgpack; empty: trained here on the data
+    a.perceptual_weights = ""  # a PerceptualNet msgpack (local or gs://); empty: trained here
     a.perceptual_steps = 300
     a.disc_channels = 16
     a.disc_layers = 2

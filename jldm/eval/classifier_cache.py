@@ -4,13 +4,13 @@ classifier_NAME.npz in jldm's cache folder (jldm.cache)."""
 from __future__ import annotations
 
 import logging
-import os
 import re
 import zipfile
 
 import numpy as np
 
 from jldm.cache import cache_root
+from jldm.data import paths
 from jldm.eval.classifier import Classifier, check_training_set, data_key, train_classifier
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def cache_folder(cache_dir: str | None = None) -> str:
     """cache_dir if given (with ~ expanded), else jldm's cache folder (jldm.cache)."""
-    return os.path.expanduser(cache_dir) if cache_dir else cache_root()
+    return paths.resolve(cache_dir) if cache_dir else cache_root()
 
 
 def get_classifier(
@@ -31,8 +31,8 @@ def get_classifier(
     """
     images, labels = check_training_set(train_images_u8, train_labels)
     if cache_path is not None:
-        cache_path = os.path.expanduser(cache_path)
-        if os.path.exists(cache_path):
+        cache_path = paths.resolve(cache_path)
+        if paths.exists(cache_path):
             key = data_key(images, labels)
             try:
                 cached = Classifier.load(cache_path)
@@ -67,5 +67,5 @@ def classifier_for(
     train = load_split(dataset_name, "train", data_dir, fashion_dir=fashion_dir)
     # Catalog names such as "name/config:1.2.3" must not become subfolders.
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", dataset_name)
-    path = os.path.join(cache_folder(cache_dir), f"classifier_{safe}.npz")
+    path = paths.join(cache_folder(cache_dir), f"classifier_{safe}.npz")
     return get_classifier(train.images, train.labels, path)

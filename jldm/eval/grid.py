@@ -83,13 +83,17 @@ def save_grid(
     images = np.asarray(images01)
     grid = make_grid(images, ncols, pad=pad, scale=scale or readable_scale(images))
     # uint8 [H, W] maps to mode "L" and [H, W, 3] to "RGB".
-    picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    return save_png(Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid), path)
+
+
+def save_png(image: Image.Image, path: str) -> str:
+    """Write image to path as PNG: locally into its folder (created as needed); to a cloud path
+    (gs://...) as one object upload of the PNG encoded in memory. Returns path."""
     if not is_local(path):
         buffer = io.BytesIO()
-        picture.save(buffer, format="PNG")
+        image.save(buffer, format="PNG")
         write_bytes_atomic(path, buffer.getvalue())
         return path
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    picture.save(path, format="PNG")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    image.save(path, format="PNG")
     return path

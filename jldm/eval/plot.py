@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from jldm.eval.scatter import save_png
+from jldm.eval.grid import save_png
 
 PALETTE = (
     (31, 119, 180),

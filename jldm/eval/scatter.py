@@ -1,25 +1,9 @@
 """2-D point clouds as PNG scatter plots with pillow (no plotting library needed)."""
 
-import io
-import os
-
 import numpy as np
 from PIL import Image, ImageDraw
 
-from jldm.data.paths import is_local, write_bytes_atomic
-
-
-def save_png(image: Image.Image, path: str) -> str:
-    """Write image to path as PNG: locally into its folder (created as needed); to a cloud path
-    (gs://...) as one object upload of the PNG encoded in memory. Returns path."""
-    if not is_local(path):
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        write_bytes_atomic(path, buffer.getvalue())
-        return path
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    image.save(path, format="PNG")
-    return path
+from jldm.eval.grid import save_png
 
 
 def save_scatter(
