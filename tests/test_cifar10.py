@@ -101,7 +101,7 @@ def test_two_steps_on_a_stand_in_cifar10_with_fid_in_the_watch_step(tmp_path, mo
     torch = pytest.importorskip("torch")
     from jldm.eval import fid as fid_module
     from jldm.train import diffusion
-    from tests.test_fid import _frechet_reference
+    from tests.test_fid import _frechet_of_features
     from tests.torch_inception import random_net
 
     data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
@@ -134,7 +134,5 @@ def test_two_steps_on_a_stand_in_cifar10_with_fid_in_the_watch_step(tmp_path, mo
         with torch.no_grad():
             return net(torch.from_numpy(x).permute(0, 3, 1, 2)).double().numpy()
 
-    mu_s = features(samples.astype(np.float32))
-    mu_t = features(test_images)
-    want = _frechet_reference(*fid_module.feature_stats(mu_s), *fid_module.feature_stats(mu_t))
+    want = _frechet_of_features(features(samples.astype(np.float32)), features(test_images))
     assert watched["sample/fid"] == pytest.approx(want, rel=1e-3)
