@@ -27,7 +27,7 @@ test: lint
 
 demo: install
 	$(BIN)/python train.py --config configs/digits_ddpm.py --workdir $(DEMO)
-	$(BIN)/python sample.py --workdir $(DEMO) --out $(DEMO)/samples
+	$(BIN)/python sample.py --workdir $(DEMO) --out $(DEMO)/samples --sampler dpmpp2m --steps 10
 
 # jldm against diffusers eager on this CPU, interleaved in one process (bench/cpu_peer.py: train
 # step, UNet evaluation, DDIM-50 of 100 images, DDPM-1000 of 20; about 4 minutes on two idle

@@ -68,6 +68,22 @@ def test_sample_writes_grid_and_npz_and_prints_quality(trained, tmp_path):
     np.testing.assert_array_equal(data["labels"], [3, 3, 7, 7])
     assert os.path.getsize(out + ".png") > 0
     assert "class_accuracy" in proc.stdout and "frechet" in proc.stdout
+    assert "real (" not in proc.stdout  # a subset of the classes has no real row to match
+
+    # Every class: as many real training images of each, scored the same way, beside them.
+    from jldm.compare import real_row
+    from jldm.train.config_io import read_config
+
+    proc = cli("sample.py", "--workdir", workdir, "--num", "1", "--steps", "2", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("real (10 training images): ")]
+    shown = dict(item.rsplit(" ", 1) for item in line.split(": ", 1)[1].split(", "))
+    want = real_row(read_config(workdir), 1)
+    assert set(shown) == {"class_accuracy", "frechet"} | {
+        k for k in ("precision", "recall") if want[k] is not None
+    }
+    for key, value in shown.items():
+        assert float(value) == pytest.approx(want[key], abs=1e-4), key
 
 
 def test_sampling_is_reproducible_given_the_seed(trained, tmp_path):

@@ -395,6 +395,12 @@ def main(owns_process: bool = False) -> None:
 
         q = sample_quality(images, labels, d.name, d.data_dir, d.fashion_dir)
         print("quality: " + ", ".join(f"{k} {v:.4f}" for k, v in q.items() if v is not None))
+        if not FLAGS.classes:  # as many real images of every class, scored the same way
+            from jldm.compare import real_row
+
+            real = real_row(run.config, per_class)
+            figures = ", ".join(f"{k} {real[k]:.4f}" for k in q if real.get(k) is not None)
+            print(f"real ({len(labels)} training images): {figures}")
     print(f"samples: {out}.png {out}.npz")
 
 
