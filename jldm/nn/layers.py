@@ -1,7 +1,7 @@
 """UNet building blocks, named like the Stable Diffusion UNet so its weights map one to one."""
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -101,38 +101,41 @@ class Downsample(nn.Module):
         )(x)
 
 
-def _conv_params(module: nn.Module, size: int, in_features: int, features: int):
-    """The kernel [size, size, in, out] and bias [out] nn.Conv creates (same names, inits)."""
-    shape = (size, size, in_features, features)
-    kernel = module.param("kernel", nn.initializers.lecun_normal(), shape, jnp.float32)
-    return kernel, module.param("bias", nn.initializers.zeros_init(), shape[-1:], jnp.float32)
+class _KernelConv(nn.Module):
+    """nn.Conv's parameters (kernel [size, size, in, features], bias [features]: the same names
+    and initialisers) applied by op(x, kernel), for convolutions written another way."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+    size: ClassVar[int] = 1
+
+    def op(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (self.size, self.size, x.shape[-1], self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), shape[-1:], jnp.float32)
+        y = self.op(x.astype(self.dtype), kernel.astype(self.dtype))
+        return y + bias.astype(self.dtype)
 
 
-class Conv1x1(nn.Module):
+class Conv1x1(_KernelConv):
     """nn.Conv with a 1x1 kernel (same parameters) as a matmul over the channels, which
     XLA:CPU runs faster than a 1x1 convolution. x: [..., C] -> [..., features]."""
 
-    features: int
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kernel, bias = _conv_params(self, 1, x.shape[-1], self.features)
-        y = jnp.dot(x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
-        return y + bias.astype(self.dtype)
+    def op(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        return jnp.dot(x, kernel[0, 0])
 
 
-class _UpsampleConv(nn.Module):
+class _UpsampleConv(_KernelConv):
     """The 3x3 conv of Upsample, on the upsampled image it never builds (upsample_conv)."""
 
-    features: int
-    dtype: Dtype = jnp.float32
+    size: ClassVar[int] = 3
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kernel, bias = _conv_params(self, 3, x.shape[-1], self.features)
-        y = upsample_conv(x.astype(self.dtype), kernel.astype(self.dtype))
-        return y + bias.astype(self.dtype)
+    def op(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        return upsample_conv(x, kernel)
 
 
 class Upsample(nn.Module):
