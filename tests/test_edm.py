@@ -10,14 +10,13 @@ import pytest
 
 from jldm.build import objectives
 from jldm.build import samplers as registry
-from jldm.build.model import build_model, init_params
 from jldm.build.objectives import build_loss
 from jldm.build.ranges import check_config
 from jldm.configs import digits_edm
 from jldm.diffusion import edm, solvers
 from jldm.diffusion.samplers import classifier_free_guidance
 from jldm.errors import UserError
-from tests.cond_drop import check_labels_drop
+from tests.cond_drop import check_labels_drop, check_tiny_unet_step
 from tests.tiny import tiny_config
 
 MU, S, SD = 0.3, 0.6, 0.5
@@ -155,26 +154,9 @@ def test_labels_become_the_null_class_with_probability_cond_drop():
     check_labels_drop(_config)
 
 
-def test_a_train_step_on_the_tiny_unet_and_the_samplers_shapes():
-    config = _config(**{"diffusion.cond_drop": 0.1})
-    model = build_model(config)
-    params = jax.jit(lambda k: init_params(model, config, k))(jax.random.PRNGKey(0))
-    loss_fn = build_loss(config, model)
-    batch = {
-        "image": jax.random.uniform(jax.random.PRNGKey(1), (8, 8, 8, 1), minval=-1, maxval=1),
-        "label": jnp.arange(8) % 10,
-    }
-    grad_fn = jax.jit(jax.value_and_grad(lambda p: loss_fn(p, jax.random.PRNGKey(2), batch)[0]))
-    loss, grads = grad_fn(params)
-    norms = [float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(grads)]
-    assert np.isfinite(float(loss)) and float(loss) > 0 and all(map(np.isfinite, norms))
-    assert max(norms) > 0
-    net = objectives.make_net(config, model)
-    fn = lambda x, c: net(params, x, c, jnp.arange(x.shape[0]) % 10)
-    for name in ("heun", "dpmpp2m"):
-        go = registry.get(name).build(registry.Plan(config, (3, 8, 8, 1), 2))
-        x = np.asarray(jax.jit(lambda k, go=go: go(fn, k))(jax.random.PRNGKey(3)))
-        assert x.shape == (3, 8, 8, 1) and np.isfinite(x).all(), name
+def test_a_train_step_on_the_tiny_unet_and_the_samplers():
+    """As for flow matching (tests/cond_drop.py)."""
+    check_tiny_unet_step(_config(**{"diffusion.cond_drop": 0.1}), ("heun", "dpmpp2m"))
 
 
 def test_digits_edm_config_and_bad_settings():
