@@ -100,6 +100,23 @@ def _batch_t(x: jax.Array, t: jax.Array) -> jax.Array:
     return jnp.full((x.shape[0],), t, x.dtype)
 
 
+def _time_scan(
+    step: Callable, x: jax.Array, ts, key: jax.Array | None, known: Known | None
+) -> jax.Array:
+    """x carried over ts [N+1] by x = step(x, i, t_i, t_i+1) in one lax.scan, the known pixels
+    pasted back after each step (noised to t_i+1 from fold_in(key, i))."""
+    ts = jnp.asarray(ts, x.dtype)
+    key = jax.random.PRNGKey(0) if key is None else key
+
+    def body(x, inp):
+        i, t, t_next = inp
+        x = step(x, i, t, t_next)
+        return paste(x, known, t_next, jax.random.fold_in(key, i)), None
+
+    x, _ = jax.lax.scan(body, x, (jnp.arange(ts.shape[0] - 1), ts[:-1], ts[1:]))
+    return x
+
+
 def euler(
     velocity: Velocity,
     x: jax.Array,
@@ -111,16 +128,11 @@ def euler(
 
     N evaluations, one lax.scan. key: the inpainting noise. -> x(ts[-1]) [B,...].
     """
-    ts = jnp.asarray(ts, x.dtype)
-    key = jax.random.PRNGKey(0) if key is None else key
 
-    def body(x, inp):
-        i, t, t_next = inp
-        x = x + (t_next - t) * velocity(x, _batch_t(x, t))
-        return paste(x, known, t_next, jax.random.fold_in(key, i)), None
+    def step(x, i, t, t_next):
+        return x + (t_next - t) * velocity(x, _batch_t(x, t))
 
-    x, _ = jax.lax.scan(body, x, (jnp.arange(ts.shape[0] - 1), ts[:-1], ts[1:]))
-    return x
+    return _time_scan(step, x, ts, key, known)
 
 
 def heun(
@@ -136,12 +148,9 @@ def heun(
     Karras et al.'s Heun sampler, so it costs 2N - 1 evaluations and keeps second order (one
     step's O(h^2) error). One lax.scan. -> x(ts[-1]) [B,...].
     """
-    ts = jnp.asarray(ts, x.dtype)
-    n = ts.shape[0] - 1
-    key = jax.random.PRNGKey(0) if key is None else key
+    n = len(ts) - 1
 
-    def body(x, inp):
-        i, t, t_next = inp
+    def step(x, i, t, t_next):
         h = t_next - t
         slope = velocity(x, _batch_t(x, t))
         x_euler = x + h * slope
@@ -150,11 +159,9 @@ def heun(
         slope_next = jax.lax.cond(
             last, lambda: slope, lambda: velocity(x_euler, _batch_t(x, t_next))
         )
-        x = x + 0.5 * h * (slope + slope_next)
-        return paste(x, known, t_next, jax.random.fold_in(key, i)), None
+        return x + 0.5 * h * (slope + slope_next)
 
-    x, _ = jax.lax.scan(body, x, (jnp.arange(n), ts[:-1], ts[1:]))
-    return x
+    return _time_scan(step, x, ts, key, known)
 
 
 def flow_frame(eps: float = 1e-3) -> Frame:
