@@ -4,6 +4,7 @@ WORKDIR may be a cloud folder (gs://...): Orbax gets that path as given and writ
 """
 
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -28,7 +29,22 @@ def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.Checkpo
     return _manager(join(resolve(workdir), "checkpoints"), keep, read_only)
 
 
+@functools.cache
+def _one_writer_per_array_on_one_cpu_process() -> None:
+    """Orbax's default on CPU and TPU splits each replicated array into one slice per device and
+    writes the slices in parallel. In a single CPU process every device is this process's
+    memory, so the split only costs: a slice program compiled per array shape and device, and
+    one more copy of each (a save of the tiny test state, 536 arrays on 4 devices: about 2 s
+    against 1.2 s). There each array is written whole from its first replica, as Orbax does on
+    GPUs; the saved values and their restore are the same. Processes of a multi-process run keep
+    the default: each writes its share."""
+    if jax.default_backend() == "cpu" and jax.process_count() == 1:
+        handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False)
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+
+
 def _manager(path, keep: int, read_only: bool) -> ocp.CheckpointManager:
+    _one_writer_per_array_on_one_cpu_process()
     # A reader is one process's business (process 0 sampling the final grid, a notebook):
     # without this, orbax makes every process of a multi-process run meet in a barrier.
     me = jax.process_index()
