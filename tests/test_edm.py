@@ -16,7 +16,7 @@ from jldm.configs import digits_edm
 from jldm.diffusion import edm, solvers
 from jldm.diffusion.samplers import classifier_free_guidance
 from jldm.errors import UserError
-from tests.cond_drop import check_labels_drop, check_tiny_unet_step
+from tests.objective_checks import check_labels_drop, check_tiny_unet_step
 from tests.tiny import tiny_config
 
 MU, S, SD = 0.3, 0.6, 0.5
@@ -150,12 +150,12 @@ def test_guidance_and_inpainting_reach_the_edm_samplers():
 
 
 def test_labels_become_the_null_class_with_probability_cond_drop():
-    """As for the other objectives (tests/cond_drop.py)."""
+    """As for the other objectives (tests/objective_checks.py)."""
     check_labels_drop(_config)
 
 
 def test_a_train_step_on_the_tiny_unet_and_the_samplers():
-    """As for flow matching (tests/cond_drop.py)."""
+    """As for flow matching (tests/objective_checks.py)."""
     check_tiny_unet_step(_config(**{"diffusion.cond_drop": 0.1}), ("heun", "dpmpp2m"))
 
 

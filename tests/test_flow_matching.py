@@ -21,7 +21,7 @@ from jldm.diffusion.samplers import classifier_free_guidance
 from jldm.diffusion.score_losses import exact_trace
 from jldm.diffusion.score_samplers import odeint_fixed
 from jldm.errors import UserError
-from tests.cond_drop import check_labels_drop, check_tiny_unet_step
+from tests.objective_checks import check_labels_drop, check_tiny_unet_step
 from tests.tiny import tiny_config
 
 MU, S = 0.3, 0.6
@@ -188,12 +188,12 @@ def test_probability_flow_gives_the_exact_log_density():
 
 
 def test_labels_become_the_null_class_with_probability_cond_drop():
-    """As for the other objectives (tests/cond_drop.py)."""
+    """As for the other objectives (tests/objective_checks.py)."""
     check_labels_drop(_config)
 
 
 def test_a_train_step_on_the_tiny_unet_and_the_samplers():
-    """As for EDM (tests/cond_drop.py), with logit-normal times."""
+    """As for EDM (tests/objective_checks.py), with logit-normal times."""
     over = {"diffusion.cond_drop": 0.1, "diffusion.time_sampling": "logit_normal"}
     check_tiny_unet_step(_config(**over), ("euler", "heun", "dpmpp2m"))
 

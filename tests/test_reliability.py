@@ -19,7 +19,7 @@ from jldm.api import train as run
 from jldm.build import unet_state_shapes
 from jldm.build.model import build_model
 from jldm.errors import UserError
-from jldm.train import checkpoint, distributed
+from jldm.train import checkpoint, distributed, orbax_echoes
 from jldm.train.sharding import make_mesh, replicated
 from tests.clitools import assert_user_error, cli, train_args
 from tests.tiny import ROOT, tiny_config
@@ -217,9 +217,9 @@ def test_echoes_of_a_failed_restore_are_dropped_and_nothing_else():
     """
     script = """
 import asyncio, gc, sys, threading, warnings
-from jldm.train import checkpoint
-checkpoint.quiet_abandoned_reads_for_process()
-checkpoint.quiet_abandoned_reads_for_process()  # a second call installs nothing twice
+from jldm.train import orbax_echoes
+orbax_echoes.quiet_abandoned_reads_for_process()
+orbax_echoes.quiet_abandoned_reads_for_process()  # a second call installs nothing twice
 
 async def read():
     raise ValueError("bad bytes; tensorstore_spec={...}")
@@ -255,7 +255,7 @@ def test_a_library_restore_leaves_the_process_hooks_as_they_were():
     hooks = (sys.excepthook, sys.unraisablehook)
     filters = list(warnings.filters)
     log_filters = list(logging.getLogger("asyncio").filters)
-    with checkpoint.quiet_abandoned_reads():
+    with orbax_echoes.quiet_abandoned_reads():
         assert (sys.excepthook, sys.unraisablehook) != hooks
     assert (sys.excepthook, sys.unraisablehook) == hooks
     assert list(warnings.filters) == filters

@@ -327,7 +327,7 @@ def main(owns_process: bool = False) -> None:
     if FLAGS.pretrained is not None:
         return _sample_pretrained()
     if owns_process:
-        from jldm.train.checkpoint import quiet_abandoned_reads_for_process
+        from jldm.train.orbax_echoes import quiet_abandoned_reads_for_process
 
         # Process-wide hooks: only a process that ends with this command may keep them.
         quiet_abandoned_reads_for_process()
