@@ -7,12 +7,15 @@
 Cases: train (the training loop's step: noising, forward, backward, clip, AdamW, EMA), eval
 (one UNet evaluation), both at --batch; ddimN (DDIM with N steps drawing --ddim_num images) and
 ddpm (all T ancestral steps, --ddpm_num images). jldm runs the way train.py runs it on a CPU
-host: one virtual device per core that divides the batch (jldm.cli.use_every_core, set before
+host: one virtual device per core that divides the batch (jldm.host.use_every_core, set before
 JAX starts), the batch split over the mesh; the samplers split their images over the same
 devices unless --shard_sampling=false (then one program on one device, as api.make_generator
-compiles it). The peer is diffusers' UNet2DConditionModel in eager PyTorch with --threads
-threads (bench/peer_model.py): same config, same work per call. Both live in this process and
-take turns; each call blocks until done, so one side's threads idle while the other's run.
+compiles it). Like train.py, the process keeps freed memory for reuse instead of returning it
+to the system after each call (jldm.host.keep_freed_memory; --keep_freed_memory=false to
+compare); the setting is process-wide, so the peer's allocations get it too. The peer is
+diffusers' UNet2DConditionModel in eager PyTorch with --threads threads (bench/peer_model.py):
+same config, same work per call. Both live in this process and take turns; each call blocks
+until done, so one side's threads idle while the other's run.
 
 Per case: one JSON line (medians, quartiles, min/max of each side, `speedup` = peer median /
 jldm median, so above 1 jldm is faster, the median of the per-round ratios, torch's thread
@@ -36,7 +39,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from jldm.build.model import build_model  # noqa: E402
-from jldm.cli import CPU_DEVICES_ENV, use_every_core  # noqa: E402
+from jldm.host import CPU_DEVICES_ENV, keep_freed_memory, use_every_core  # noqa: E402
 from jldm.train.sharding import check_batch, make_mesh  # noqa: E402
 
 config_flags.DEFINE_config_file(
@@ -53,6 +56,9 @@ flags.DEFINE_integer(
 flags.DEFINE_integer("threads", 0, "torch threads (0: one per core of this process).")
 flags.DEFINE_integer("devices", 0, "jldm's CPU devices (0: train.py's choice, one per core).")
 flags.DEFINE_bool("shard_sampling", True, "Split the sampled images over jldm's devices.")
+flags.DEFINE_bool(
+    "keep_freed_memory", True, "malloc keeps freed memory for reuse (jldm.host), as train.py does."
+)
 flags.DEFINE_string("out", "", "Also append the JSON lines to this file.")
 FLAGS = flags.FLAGS
 
@@ -172,6 +178,8 @@ def main(_):
     if FLAGS.devices:
         os.environ[CPU_DEVICES_ENV] = str(FLAGS.devices)
     use_every_core(batch)  # before anything starts JAX's backend
+    # As train.py on a CPU; the process-wide setting serves torch's allocations too.
+    allocator = FLAGS.keep_freed_memory and keep_freed_memory()
     cores = len(os.sched_getaffinity(0))
     mesh = make_mesh()
     check_batch(batch, mesh)
@@ -184,6 +192,7 @@ def main(_):
         "cores": cores,
         "jax": jax.__version__,
         "jax_devices": jax.device_count(),
+        "keep_freed_memory": allocator,
         **peer_facts,
         "dtype": config.model.dtype,
     }

@@ -22,37 +22,6 @@ from absl import flags, logging
 
 from jldm.errors import UserError
 
-CPU_DEVICES_ENV = "JLDM_CPU_DEVICES"
-_COUNT_FLAG = "--xla_force_host_platform_device_count"
-
-
-def cpu_device_flags(environ: dict, cores: int, batch_size: int) -> str | None:
-    """XLA_FLAGS giving the host platform one device per core, or None to leave them.
-
-    XLA:CPU runs one program on about one core for models of this size; one device per core,
-    data parallel over the mesh, uses them all. The count is the largest divisor of
-    batch_size up to cores (the batch is split evenly), $JLDM_CPU_DEVICES when set (1: one
-    device), and nothing when XLA_FLAGS already set a count. GPUs and TPUs are unaffected.
-    """
-    current = environ.get("XLA_FLAGS", "")
-    if _COUNT_FLAG in current:
-        return None
-    wanted = environ.get(CPU_DEVICES_ENV)
-    if wanted:
-        if not wanted.isdigit() or int(wanted) < 1:
-            raise UserError(f"{CPU_DEVICES_ENV}={wanted!r} must be a number of devices >= 1")
-        count = int(wanted)
-    else:
-        count = max(d for d in range(1, max(cores, 1) + 1) if batch_size % d == 0)
-    return f"{current} {_COUNT_FLAG}={count}".strip()
-
-
-def use_every_core(batch_size: int) -> None:
-    """Set cpu_device_flags in this process's environment, before any JAX backend starts."""
-    flags_now = cpu_device_flags(dict(os.environ), len(os.sched_getaffinity(0)), batch_size)
-    if flags_now is not None:
-        os.environ["XLA_FLAGS"] = flags_now
-
 
 def error_line(message: str) -> str:
     """The one line a user mistake prints: `error: ` and the message on one line."""

@@ -303,21 +303,3 @@ def test_sampling_at_scale_writes_uint8_shards_over_all_devices_and_resumes(
         code = run_cli(sample.main, [*argv, *extra], flag_values=sample.FLAGS)
         assert_error_line(code, capsys.readouterr().err, *words)
     assert {n: (out / n).read_bytes() for n in names[1:]} == before
-
-
-def test_cpu_hosts_get_one_device_per_core_that_divides_the_batch():
-    from jldm.cli import cpu_device_flags
-    from jldm.errors import UserError
-
-    flag = "--xla_force_host_platform_device_count"
-    assert cpu_device_flags({}, 2, 128) == f"{flag}=2"
-    assert cpu_device_flags({}, 8, 96) == f"{flag}=8"
-    assert cpu_device_flags({}, 8, 100) == f"{flag}=5"  # the batch splits evenly
-    assert cpu_device_flags({}, 3, 7) == f"{flag}=1"
-    other = {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
-    assert cpu_device_flags(other, 2, 64) == f"--xla_cpu_enable_fast_math=false {flag}=2"
-    # A count the user set, or JLDM_CPU_DEVICES, decides.
-    assert cpu_device_flags({"XLA_FLAGS": f"{flag}=4"}, 2, 64) is None
-    assert cpu_device_flags({"JLDM_CPU_DEVICES": "1"}, 16, 64) == f"{flag}=1"
-    with pytest.raises(UserError, match="JLDM_CPU_DEVICES"):
-        cpu_device_flags({"JLDM_CPU_DEVICES": "all"}, 2, 64)

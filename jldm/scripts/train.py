@@ -15,7 +15,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from jldm import configs as configs_package
-from jldm.cli import run_main, use_every_core
+from jldm.cli import run_main
+from jldm.host import keep_freed_memory, use_every_core
 
 # Its own flags, not absl's global ones, so that tests can run main in-process (jldm.cli.run_cli).
 FLAGS = flags.FlagValues()
@@ -90,6 +91,8 @@ def main(owns_process: bool = False) -> None:
     if owns_process:
         # Process-wide hooks: only a process that ends with this run may keep them.
         quiet_abandoned_reads_for_process()
+        if jax.default_backend() == "cpu":
+            keep_freed_memory()
     workdir = resolve(FLAGS.workdir)  # a cloud path (gs://...) is kept as given
     if train(FLAGS.config, workdir, force=FLAGS.force) and jax.process_index() == 0:
         print(f"trained: {workdir} (checkpoints in {workdir}/checkpoints)")

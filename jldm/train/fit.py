@@ -119,28 +119,44 @@ def fit(task: Task, workdir: str) -> Result:
     bar.set_description(task.name)
     t_last, s_last = time.perf_counter(), start
     skipped, done, stop_skipping = 0, start, False
+    unchecked = None  # (first step, metrics) of the call whose NaN/Inf flags are not read yet
+
+    def count_nonfinite(first: int, metrics: dict) -> int:
+        """The call's skipped steps; TrainingDiverged if it had one and skipping is off."""
+        bad = np.asarray(jax.device_get(metrics["nonfinite"]))
+        if bad.any() and not skip:
+            mngr.wait_until_finished()
+            last = mngr.latest_step()
+            kept = (
+                "no checkpoint was written yet"
+                if last is None
+                else f"the last good checkpoint (step {last}) is kept"
+            )
+            raise TrainingDiverged(
+                f"loss or gradients became NaN/Inf at step "
+                f"{first + int(bad.argmax()) + 1}; {kept}: lower {task.name}.lr, or set "
+                f"{task.name}.skip_nonfinite=True to skip such steps"
+            )
+        return int(bad.sum())
+
     try:
         with stop_requests() as stop:
             for step in range(start, total, k):
                 state, metrics = task.step(state, feeder.next())
                 done = step + k
                 bar.update(k)
-                bad = np.asarray(jax.device_get(metrics["nonfinite"]))
-                if bad.any() and not skip:
-                    mngr.wait_until_finished()
-                    last = mngr.latest_step()
-                    kept = (
-                        "no checkpoint was written yet"
-                        if last is None
-                        else f"the last good checkpoint (step {last}) is kept"
-                    )
-                    raise TrainingDiverged(
-                        f"loss or gradients became NaN/Inf at step "
-                        f"{step + int(bad.argmax()) + 1}; {kept}: lower {task.name}.lr, or set "
-                        f"{task.name}.skip_nonfinite=True to skip such steps"
-                    )
-                skipped += int(bad.sum())
-                if done % sec.log_every == 0 or done == total:
+                # The previous call's flags are read only now, with this call already queued,
+                # so the host's wait never leaves the devices idle between steps.
+                if unchecked is not None:
+                    skipped += count_nonfinite(*unchecked)
+                unchecked = (step, metrics)
+                log_now = done % sec.log_every == 0 or done == total
+                watch_now = every and task.watch is not None and done % every == 0
+                save_now = done % sec.checkpoint_every == 0 or done == total or stop
+                if log_now or watch_now or save_now:
+                    skipped += count_nonfinite(*unchecked)  # before anything reads or saves
+                    unchecked = None
+                if log_now:
                     scalars = mean_metrics(metrics)
                     now = time.perf_counter()
                     scalars["steps_per_sec"] = (done - s_last) / (now - t_last)
@@ -154,13 +170,13 @@ def fit(task: Task, workdir: str) -> Result:
                     if task.show in scalars:
                         bar.set_postfix({task.show: f"{scalars[task.show]:.4f}"})
                     stop_skipping = skipped > max_skipped * (done - start)
-                if every and task.watch is not None and done % every == 0:
+                if watch_now:
                     seen = task.watch(state, done)
                     if seen.scalars:
                         writer.write(done, seen.scalars)
                     for tag, image in seen.images.items():
                         writer.image(done, tag, image)
-                if done % sec.checkpoint_every == 0 or done == total or stop or stop_skipping:
+                if save_now or stop_skipping:
                     meta = {**task.meta, "step": done, "data_step": done}
                     checkpoint.save(mngr, state, meta)
                 if stop or stop_skipping:
