@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import threading
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -19,7 +20,7 @@ from jldm.diffusion.toy import GaussianMixture
 from jldm.train import checkpoint, ldm, toy
 from jldm.train.autoencoder import stage1_task
 from jldm.train.diffusion import diffusion_task
-from jldm.train.fit import TrainingDiverged, fit
+from jldm.train.fit import Task, TrainingDiverged, fit
 from jldm.train.inputs import load_training_images
 from jldm.train.toy import toy_task
 from jldm.train.vae import vae_task
@@ -237,3 +238,43 @@ def test_an_error_in_the_input_thread_ends_the_run_with_its_message(root, tmp_pa
         _run("toy", config, str(tmp_path / "w"), failing)
     left = [t for t in set(threading.enumerate()) - threads if t.name.startswith("Thread")]
     assert not any(t.is_alive() for t in left), left
+
+
+class _Count(NamedTuple):
+    step: jax.Array
+
+
+def _counting_task(section, bad_steps: set[int]):
+    """A task whose state is its step count and whose steps `bad_steps` (1-based) report NaN."""
+
+    def step(state, _):
+        bad = int(state.step) + 1 in bad_steps
+        return _Count(state.step + 1), {"nonfinite": np.array([bad]), "loss": np.array([1.0])}
+
+    return Task(
+        "train",
+        section,
+        _Count(jax.ShapeDtypeStruct((), np.int32)),
+        init=lambda: _Count(jax.numpy.zeros((), np.int32)),
+        step=step,
+        inputs=lambda start, stop: iter(range(start, stop)),
+    )
+
+
+def test_nan_flags_read_one_step_later_name_the_right_step(tmp_path):
+    """Between log and checkpoint steps the loop reads a step's NaN/Inf flags after queueing the
+    next one: the error still names the step that failed, and nothing is saved; skipped steps
+    between log steps are all counted."""
+    from ml_collections import ConfigDict
+
+    section = ConfigDict({"steps": 8, "log_every": 4, "checkpoint_every": 8, "keep_checkpoints": 2})
+    with pytest.raises(TrainingDiverged, match="at step 2; no checkpoint was written yet"):
+        fit(_counting_task(section, {2}), str(tmp_path / "refused"))
+    assert not os.path.exists(tmp_path / "refused" / "checkpoints" / "8")
+
+    section.skip_nonfinite, section.max_skipped_fraction = True, 1.0
+    result = fit(_counting_task(section, {2, 3, 6}), str(tmp_path / "skipped"))
+    assert result.complete and int(result.state.step) == 8
+    with open(tmp_path / "skipped" / "metrics.jsonl") as f:
+        logged = [json.loads(line) for line in f if "skipped_steps" in line]
+    assert [(r["step"], r["skipped_steps"]) for r in logged] == [(4, 2), (8, 3)]
