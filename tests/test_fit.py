@@ -267,10 +267,15 @@ def test_nan_flags_read_one_step_later_name_the_right_step(tmp_path):
     between log steps are all counted."""
     from ml_collections import ConfigDict
 
-    section = ConfigDict({"steps": 8, "log_every": 4, "checkpoint_every": 8, "keep_checkpoints": 2})
-    with pytest.raises(TrainingDiverged, match="at step 2; no checkpoint was written yet"):
-        fit(_counting_task(section, {2}), str(tmp_path / "refused"))
-    assert not os.path.exists(tmp_path / "refused" / "checkpoints" / "8")
+    # Step 3 is neither a log nor a checkpoint step: its flags are read while step 4 runs. Step 4
+    # is both: its own flags are read before its checkpoint. Either way step 2's is the last.
+    section = ConfigDict({"steps": 8, "log_every": 4, "checkpoint_every": 2, "keep_checkpoints": 4})
+    for bad in (3, 4):
+        refused = str(tmp_path / f"refused{bad}")
+        words = rf"at step {bad}; the last good checkpoint \(step 2\) is kept"
+        with pytest.raises(TrainingDiverged, match=words):
+            fit(_counting_task(section, {bad}), refused)
+        assert _steps(refused) == [2]
 
     section.skip_nonfinite, section.max_skipped_fraction = True, 1.0
     result = fit(_counting_task(section, {2, 3, 6}), str(tmp_path / "skipped"))
