@@ -1,5 +1,5 @@
 """jldm's benchmark programs (no flags): random inputs on the mesh, one UNet evaluation, the
-training loop's jitted step and the samplers. Shared by bench/unet.py and bench/cpu_peer.py.
+training loop's jitted step and the samplers. Shared by bench/unet.py and bench/vs_diffusers.py.
 
 Each builder returns a jitted function and its arguments, so the caller lowers and compiles
 it apart from the timed calls. With abstract=True nothing is allocated: arguments are

@@ -8,7 +8,7 @@ The model and its calls are bench/peer_model.py's: diffusers' UNet2DConditionMod
 the same config keys as jldm's UNet, randomly initialised (for configs/sd15_shape.py Stable
 Diffusion 1.5's UNet, for configs/digits_ddpm.py the digits UNet). Modes: eager and
 torch.compile. torch and diffusers are imported only when run; without them it prints one line.
-bench/cpu_peer.py runs these calls interleaved with jldm's in one process.
+bench/vs_diffusers.py runs these calls interleaved with jldm's in one process.
 """
 
 import time

@@ -1,6 +1,6 @@
 """diffusers' UNet2DConditionModel built from a jldm config, and its benchmark calls (no flags).
 
-Shared by bench/peer_diffusers.py and bench/cpu_peer.py. The model has the shape of
+Shared by bench/peer_diffusers.py and bench/vs_diffusers.py. The model has the shape of
 config.model (channels, multipliers, ResBlocks, attention levels, heads, context width and
 tokens, norm groups), randomly initialised, with jldm's parameter count; its context is random
 [B, tokens, width] (jldm embeds class labels into that shape). Compute is bf16 autocast when

@@ -1,6 +1,6 @@
 """The process around XLA:CPU: how many CPU devices it gets, and how it allocates memory.
 
-train.py (when it owns its process) and bench/cpu_peer.py set both before the work starts;
+train.py (when it owns its process) and bench/vs_diffusers.py set both before the work starts;
 neither changes results. The device count applies to the CPU platform only, and train.py
 changes the allocator only when JAX's backend is the CPU.
 """

@@ -1,35 +1,38 @@
-"""jldm against diffusers on this CPU, interleaved in one process: A B A B ... per case.
+"""jldm against diffusers, interleaved in one process: A B A B ... per case, on the CPU or a GPU.
 
-    python bench/cpu_peer.py                            # every case, the digits config
-    python bench/cpu_peer.py --cases train,eval --repeats 20
-    python bench/cpu_peer.py --devices 1 --shard_sampling=false
+    python bench/vs_diffusers.py                        # every case, the digits config, CPU
+    python bench/vs_diffusers.py --cases train,eval --repeats 20
+    python bench/vs_diffusers.py --devices 1 --shard_sampling=false
+    python bench/vs_diffusers.py --device cuda --config configs/sd15_shape.py --cases train,eval
+    python bench/vs_diffusers.py --device cuda --batch 128 --ddim_num 500 --ddpm_num 500
 
 Cases: train (the training loop's step: noising, forward, backward, clip, AdamW, EMA), eval
 (one UNet evaluation), both at --batch; ddimN (DDIM with N steps drawing --ddim_num images) and
-ddpm (all T ancestral steps, --ddpm_num images). jldm runs the way train.py runs it on a CPU
-host: one virtual device per core that divides the batch (jldm.host.use_every_core, set before
-JAX starts), the batch split over the mesh; the samplers split their images over the same
-devices unless --shard_sampling=false (then one program on one device, as api.make_generator
-compiles it). Like train.py, the process keeps freed memory for reuse instead of returning it
-to the system after each call (jldm.host.keep_freed_memory; --keep_freed_memory=false to
-compare); the setting is process-wide, so the peer's allocations get it too. The peer is
-diffusers' UNet2DConditionModel in eager PyTorch with --threads threads (bench/peer_model.py):
-same config, same work per call. Both live in this process and take turns; each call blocks
-until done, so one side's threads idle while the other's run.
+ddpm (all T ancestral steps, --ddpm_num images). On the CPU (--device cpu, the default) jldm
+runs the way train.py runs it on a CPU host: one virtual device per core that divides the batch
+(jldm.host.use_every_core, set before JAX starts), the batch split over the mesh; the samplers
+split their images over the same devices unless --shard_sampling=false (then one program on one
+device, as api.make_generator compiles it). Like train.py, the process keeps freed memory for
+reuse instead of returning it to the system after each call (jldm.host.keep_freed_memory;
+--keep_freed_memory=false to compare); the setting is process-wide, so the peer's allocations
+get it too. With --device cuda both run on the GPU (JAX allocates as it goes rather than taking
+most of the memory at start, so the two share it; the peer's matmuls and convolutions may use
+TF32, as in peer_diffusers.py). The peer is diffusers' UNet2DConditionModel in eager PyTorch
+(bench/peer_model.py), with --threads threads on the CPU: same config, same work per call, bf16
+autocast where the config computes in bfloat16. Both live in this process and take turns; each
+call blocks until done, so one side idles while the other runs.
 
-Per case: one JSON line (medians, quartiles, min/max of each side, `speedup` = peer median /
-jldm median, so above 1 jldm is faster, the median of the per-round ratios, torch's thread
-count, JAX's device count, the load average before and after); at the end a table of them.
-Defaults take about 4 minutes on two idle cores.
+Per case: one JSON line (medians, quartiles, min/max of each side, images per second, `speedup`
+= peer median / jldm median, so above 1 jldm is faster, the median of the per-round ratios,
+torch's thread count, JAX's device count, the load average before and after; on a GPU each
+side's peak allocated bytes, jldm's since the process started, the peer's during the case); at
+the end a table of them. Defaults take about 4 minutes on two idle CPU cores.
 """
 
 import os
+import time
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")  # read when jax is imported
-
-import time  # noqa: E402
-
-import timing  # noqa: E402
+import timing
 
 timing.add_root_to_path()
 
@@ -45,6 +48,7 @@ from jldm.train.sharding import check_batch, make_mesh  # noqa: E402
 config_flags.DEFINE_config_file(
     "config", os.path.join(timing.ROOT, "configs", "digits_ddpm.py"), "A configs/*.py file."
 )
+flags.DEFINE_enum("device", "cpu", ["cpu", "cuda"], "Where both sides run.")
 flags.DEFINE_list("cases", ["train", "eval", "ddim50", "ddpm"], "train, eval, ddimN, ddpm.")
 flags.DEFINE_integer("batch", 0, "Batch of train and eval (0: the config's train.batch_size).")
 flags.DEFINE_integer("ddim_num", 100, "Images per DDIM call.")
@@ -53,7 +57,7 @@ flags.DEFINE_integer("repeats", 0, "Timed rounds per case (0: train 10, eval 20,
 flags.DEFINE_integer(
     "warmup", -1, "Untimed rounds per case (-1: 2 for train and eval, 1 for ddimN, 0 for ddpm)."
 )
-flags.DEFINE_integer("threads", 0, "torch threads (0: one per core of this process).")
+flags.DEFINE_integer("threads", 0, "torch threads on the CPU (0: one per core of this process).")
 flags.DEFINE_integer("devices", 0, "jldm's CPU devices (0: train.py's choice, one per core).")
 flags.DEFINE_bool("shard_sampling", True, "Split the sampled images over jldm's devices.")
 flags.DEFINE_bool(
@@ -120,24 +124,36 @@ def _row(rec: dict) -> str:
     return f"| {rec['case']} | {side(rec['jldm'])} | {peer} | {ratio} | {load} |"
 
 
-def _peer(config, batch: int, threads: int):
-    """(Peer on the CPU with `threads` torch threads, facts), or (None, facts) without torch."""
+def _peer(config, batch: int, device: str, threads: int):
+    """(Peer on device, with `threads` torch threads on the CPU, facts), or (None, facts)
+    without torch."""
     try:
         import diffusers
         import torch
         from peer_model import Peer
     except ImportError as e:
-        print(
-            f"cpu_peer: timing jldm alone ({e.name} is not installed; pip install torch diffusers)"
-        )
+        need = "pip install torch diffusers"
+        print(f"vs_diffusers: timing jldm alone ({e.name} is not installed; {need})")
         return None, {}
-    torch.set_num_threads(threads)
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        torch.set_num_threads(threads)
     facts = {
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "torch_threads": torch.get_num_threads(),
     }
-    return Peer(config, batch, "cpu", "eager"), facts
+    if device == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(0)
+    return Peer(config, batch, device, "eager"), facts
+
+
+def _jldm_peak_bytes() -> int | None:
+    """JAX's allocator peak on device 0 since the process started (GPU), else None."""
+    stats = jax.devices()[0].memory_stats()
+    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
 def _run_case(case: str, config, model, mesh, batch: int, params, peer, base: dict) -> dict:
@@ -146,19 +162,28 @@ def _run_case(case: str, config, model, mesh, batch: int, params, peer, base: di
     repeats = FLAGS.repeats or repeats
     warmup = warmup if FLAGS.warmup < 0 else FLAGS.warmup
     load_before = timing.load_average()
+    gpu = FLAGS.device == "cuda" and peer is not None
+    if gpu:
+        peer.torch.cuda.reset_peak_memory_stats()
     calls = {}
     calls["jldm"], facts = _jldm_call(case, config, model, mesh, batch, params)
     if peer is not None:
         calls["peer"] = _peer_call(case, peer)
         t0 = time.perf_counter()
-        calls["peer"]()  # its first call: allocations, oneDNN primitive caches
+        calls["peer"]()  # its first call: allocations, oneDNN/cuDNN algorithm choices
         facts["peer_first_call_s"] = round(time.perf_counter() - t0, 2)
     timed = timing.interleaved(calls, repeats, warmup)
     rec = dict(base, case=case, **facts, warmup=warmup)
+    images = facts.get("batch") or facts["images"]
     for side, t in timed.items():
         rec[side] = {
             k: [round(x, 5) for x in v] if k == "times_s" else round(v, 5) for k, v in t.items()
         }
+        rec[side]["images_per_s"] = round(images / t["median_s"], 2)
+    if (peak := _jldm_peak_bytes()) is not None:
+        rec["jldm"]["peak_bytes_since_start"] = peak
+    if gpu:
+        rec["peer"]["peak_bytes"] = int(peer.torch.cuda.max_memory_allocated())
     if peer is not None:
         rec["speedup"] = round(timed["peer"]["median_s"] / timed["jldm"]["median_s"], 3)
         pairs = zip(timed["jldm"]["times_s"], timed["peer"]["times_s"], strict=True)
@@ -169,26 +194,38 @@ def _run_case(case: str, config, model, mesh, batch: int, params, peer, base: di
     return rec
 
 
+def _start_backend(batch: int) -> bool:
+    """Set up JAX's backend for --device before anything starts it. -> whether malloc keeps
+    freed memory (jldm.host.keep_freed_memory; CPU only)."""
+    if FLAGS.device == "cuda":
+        jax.config.update("jax_platforms", "cuda")
+        os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # the peer needs memory too
+        return False
+    jax.config.update("jax_platforms", "cpu")
+    if FLAGS.devices:
+        os.environ[CPU_DEVICES_ENV] = str(FLAGS.devices)
+    use_every_core(batch)
+    # As train.py on a CPU; the process-wide setting serves torch's allocations too.
+    return FLAGS.keep_freed_memory and keep_freed_memory()
+
+
 def main(_):
     logging.set_verbosity(logging.ERROR)
     config = FLAGS.config
     batch = FLAGS.batch or config.train.batch_size
     for case in FLAGS.cases:
         _kind(case)
-    if FLAGS.devices:
-        os.environ[CPU_DEVICES_ENV] = str(FLAGS.devices)
-    use_every_core(batch)  # before anything starts JAX's backend
-    # As train.py on a CPU; the process-wide setting serves torch's allocations too.
-    allocator = FLAGS.keep_freed_memory and keep_freed_memory()
+    allocator = _start_backend(batch)
     cores = len(os.sched_getaffinity(0))
     mesh = make_mesh()
     check_batch(batch, mesh)
     model = build_model(config)
     params = cases.random_params(config, model, mesh)  # one init for every case
-    peer, peer_facts = _peer(config, batch, FLAGS.threads or cores)
+    peer, peer_facts = _peer(config, batch, FLAGS.device, FLAGS.threads or cores)
     base = {
-        "bench": "cpu_peer",
+        "bench": "vs_diffusers",
         "config": config_flags.get_config_filename(FLAGS["config"]),
+        "device": FLAGS.device,
         "cores": cores,
         "jax": jax.__version__,
         "jax_devices": jax.device_count(),
@@ -201,9 +238,14 @@ def main(_):
         rows.append(_run_case(case, config, model, mesh, batch, params, peer, base))
         timing.emit(rows[-1], FLAGS.out)
         jax.clear_caches()
-    torch_part = f"torch {base['torch']} with {base['torch_threads']} threads, " if peer else ""
+    torch_part = ""
+    if peer is not None:
+        torch_part = f"torch {base['torch']}" + (
+            f" with {base['torch_threads']} threads, " if FLAGS.device == "cpu" else ", "
+        )
+    where = jax.devices()[0].device_kind if FLAGS.device == "cuda" else "CPU"
     print(
-        f"\njax {base['jax']} on {base['jax_devices']} CPU devices, {torch_part}{cores} cores, "
+        f"\njax {base['jax']} on {base['jax_devices']} {where} devices, {torch_part}{cores} cores, "
         f"{config.model.dtype}; seconds per call, median (quartiles); speedup = diffusers / jldm "
         "(quartiles of the per-round ratios); 1-minute load average before -> after"
     )
