@@ -1,5 +1,6 @@
 """The pillow line plot: its size, and lines, markers and the dashed reference where the data
-put them (pixel positions computed here from the axes' box and limits, log10 on x)."""
+put them (pixel positions computed here from the axes' box and limits, log10 on x, and on y
+for a log-y panel)."""
 
 import math
 
@@ -29,10 +30,22 @@ def figure(tmp_path_factory):
     return panels, np.asarray(image.convert("RGB")).astype(int), image, axes
 
 
+@pytest.fixture(scope="module")
+def log_figure():
+    """One Frechet panel on a log y axis; a zero distance cannot be shown there."""
+    series = {**FRECHET, "flow/euler": ([10, 40], [0.0, 120.0])}
+    panels = [plot.Panel("Frechet distance", series, reference=5.0, ylog=True)]
+    image, axes = plot.render(panels)
+    return panels, np.asarray(image).astype(int), image, axes
+
+
 def pixel(ax: plot.Axes, x: float, y: float) -> tuple[int, int]:
     """(row, column) of data (x, y), from the box and limits alone."""
     fx = (math.log10(x) - math.log10(ax.x_lo)) / (math.log10(ax.x_hi) - math.log10(ax.x_lo))
-    fy = (y - ax.y_lo) / (ax.y_hi - ax.y_lo)
+    if ax.y_log:
+        fy = (math.log10(y) - math.log10(ax.y_lo)) / (math.log10(ax.y_hi) - math.log10(ax.y_lo))
+    else:
+        fy = (y - ax.y_lo) / (ax.y_hi - ax.y_lo)
     return round(ax.bottom - fy * (ax.bottom - ax.top)), round(ax.left + fx * (ax.right - ax.left))
 
 
@@ -48,14 +61,20 @@ def test_the_png_is_two_panels_and_a_legend_wide(figure):
         assert ax.x_lo < 9 and ax.x_hi > 200
 
 
-def test_markers_and_lines_are_drawn_where_the_data_say(figure):
-    panels, rgb, _, axes = figure
+@pytest.mark.parametrize("name", ["figure", "log_figure"])
+def test_markers_and_lines_are_drawn_where_the_data_say(name, request):
+    panels, rgb, _, axes = request.getfixturevalue(name)
     colours = plot.series_colours(panels)
-    assert len(set(colours.values())) == 3
+    assert len(set(colours.values())) == len(colours)
     for panel, ax in zip(panels, axes, strict=True):
+        assert ax.y_log == panel.ylog
         for label, (xs, ys) in panel.series.items():
             want = np.array(colours[label])
-            pts = [pixel(ax, x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
+            pts = [
+                pixel(ax, x, y)
+                for x, y in zip(xs, ys, strict=True)
+                if y is not None and (y > 0 or not panel.ylog)
+            ]
             for r, c in pts:
                 assert (rgb[r, c] == want).all(), (label, r, c, rgb[r, c])
             for (r0, c0), (r1, c1) in zip(pts, pts[1:], strict=False):
@@ -76,8 +95,23 @@ def test_equal_nfe_ratios_are_equal_distances(figure):
     assert pixel(ax, 20, 10.0)[1] == round(ax.to_pixel(20, 10.0)[0])
 
 
-def test_the_reference_is_a_dashed_line_at_its_level(figure):
-    panels, rgb, _, axes = figure
+def test_a_log_y_axis_spaces_equal_ratios_equally_and_spans_the_data(log_figure):
+    panels, _, _, (ax,) = log_figure
+    rows = [ax.to_pixel(10, y)[1] for y in (2.0, 20.0, 200.0)]
+    assert rows[0] - rows[1] == pytest.approx(rows[1] - rows[2]) and rows[0] > rows[1]
+    assert pixel(ax, 20, 30.0)[0] == round(ax.to_pixel(20, 30.0)[1])
+    # the limits hold every positive figure and the reference, with the same factor each side
+    assert 0 < ax.y_lo < 5.0 and ax.y_hi > 120.0
+    assert 5.0 / ax.y_lo == pytest.approx(ax.y_hi / 120.0)
+    # y ticks are 1, 2 and 5 times powers of ten; a range without two of them gets even steps
+    assert plot._y_ticks(ax) == [v for v in (5, 10, 20, 50, 100) if ax.y_lo <= v <= ax.y_hi]
+    narrow = plot.Axes(0, 0, 100, 100, 1.0, 10.0, 15.0, 18.0, y_log=True)
+    assert plot._y_ticks(narrow) == pytest.approx([15, 16, 17, 18])
+
+
+@pytest.mark.parametrize("name", ["figure", "log_figure"])
+def test_the_reference_is_a_dashed_line_at_its_level(name, request):
+    panels, rgb, _, axes = request.getfixturevalue(name)
     for panel, ax in zip(panels, axes, strict=True):
         r, _ = pixel(ax, 10, panel.reference)
         row = rgb[r, ax.left + 2 : ax.right - 2]

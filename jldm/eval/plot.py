@@ -1,6 +1,6 @@
 """Line plots as PNG with pillow (no plotting library needed): a metric against network
-evaluations on a log axis, one line per series, a dashed reference level, panels side by side
-and one legend for all of them."""
+evaluations on a log axis (the metric on a linear or a log axis), one line per series, a dashed
+reference level, panels side by side and one legend for all of them."""
 
 import dataclasses
 import math
@@ -36,7 +36,8 @@ DASH = (9, 6)  # pixels drawn, pixels left out
 @dataclasses.dataclass(frozen=True)
 class Panel:
     """One plot: series label -> (x [n], y [n]) (None or non-finite points are left out), and an
-    optional horizontal reference level drawn dashed."""
+    optional horizontal reference level drawn dashed. With ylog the y axis is log10 too (for
+    metrics that span decades, such as Frechet distances); points with y <= 0 are left out."""
 
     title: str
     series: dict[str, tuple[Sequence[float], Sequence[float | None]]]
@@ -44,12 +45,13 @@ class Panel:
     xlabel: str = "NFE"
     reference: float | None = None
     reference_label: str = "reference"
+    ylog: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class Axes:
     """A panel's plotting box in pixels (left, top, right, bottom) and its data limits; x is on
-    a log10 scale, y linear."""
+    a log10 scale, y linear (log10 with y_log)."""
 
     left: int
     top: int
@@ -59,11 +61,15 @@ class Axes:
     x_hi: float
     y_lo: float
     y_hi: float
+    y_log: bool = False
 
     def to_pixel(self, x: float, y: float) -> tuple[float, float]:
-        """Data (x > 0, y) -> pixel (column, row)."""
+        """Data (x > 0, y; y > 0 with y_log) -> pixel (column, row)."""
         fx = (math.log10(x) - math.log10(self.x_lo)) / (math.log10(self.x_hi / self.x_lo))
-        fy = (y - self.y_lo) / (self.y_hi - self.y_lo)
+        if self.y_log:
+            fy = math.log10(y / self.y_lo) / math.log10(self.y_hi / self.y_lo)
+        else:
+            fy = (y - self.y_lo) / (self.y_hi - self.y_lo)
         return self.left + fx * (self.right - self.left), self.bottom - fy * (
             self.bottom - self.top
         )
@@ -76,13 +82,13 @@ def _font(size: int = 13):
         return ImageFont.load_default()
 
 
-def _points(xs, ys) -> list[tuple[float, float]]:
+def _points(xs, ys, ylog: bool = False) -> list[tuple[float, float]]:
     pts = [
         (float(x), float(y))
         for x, y in zip(xs, ys, strict=True)
         if x is not None and y is not None and x > 0 and math.isfinite(x) and math.isfinite(y)
     ]
-    return sorted(pts)
+    return sorted((x, y) for x, y in pts if y > 0 or not ylog)
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
@@ -102,12 +108,35 @@ def log_ticks(lo: float, hi: float) -> list[float]:
     return ticks
 
 
+def _reference(panel: Panel) -> float | None:
+    """The reference level to draw: none where a log axis cannot show it."""
+    ref = panel.reference
+    return None if ref is None or (panel.ylog and not ref > 0) else ref
+
+
+def _y_ticks(axes: Axes) -> list[float]:
+    """Round values for the y axis: 1, 2 and 5 times powers of ten on a log axis, or evenly
+    spaced ones where its range holds fewer than two of those."""
+    if axes.y_log:
+        ticks = log_ticks(axes.y_lo, axes.y_hi)
+        if len(ticks) >= 2:
+            return ticks
+        return [v for v in nice_ticks(axes.y_lo, axes.y_hi) if v > 0]
+    return nice_ticks(axes.y_lo, axes.y_hi)
+
+
 def _limits(panel: Panel) -> tuple[float, float, float, float]:
-    pts = [p for xs, ys in panel.series.values() for p in _points(xs, ys)]
+    pts = [p for xs, ys in panel.series.values() for p in _points(xs, ys, panel.ylog)]
     xs = [p[0] for p in pts] or [1.0]
-    ys = [p[1] for p in pts] + ([panel.reference] if panel.reference is not None else [])
-    ys = ys or [0.0]
+    ys = [p[1] for p in pts]
+    if _reference(panel) is not None:
+        ys.append(panel.reference)
     x_lo, x_hi = min(xs) / 1.25, max(xs) * 1.25  # a margin of a quarter on the log axis
+    if panel.ylog:
+        ys = ys or [1.0]
+        pad = (max(ys) / min(ys)) ** 0.06 if max(ys) > min(ys) else 2.0
+        return x_lo, x_hi, min(ys) / pad, max(ys) * pad
+    ys = ys or [0.0]
     pad = 0.06 * (max(ys) - min(ys)) or 0.5 * abs(ys[0]) or 1.0
     return x_lo, x_hi, min(ys) - pad, max(ys) + pad
 
@@ -133,9 +162,9 @@ def _draw_panel(draw, box: tuple[int, int], panel: Panel, colours: dict, font) -
     w, h = PANEL
     axes = Axes(
         ox + MARGIN["left"], oy + MARGIN["top"], ox + w - MARGIN["right"],
-        oy + h - MARGIN["bottom"], *_limits(panel),
+        oy + h - MARGIN["bottom"], *_limits(panel), panel.ylog,
     )  # fmt: skip
-    for v in nice_ticks(axes.y_lo, axes.y_hi):
+    for v in _y_ticks(axes):
         _, r = axes.to_pixel(axes.x_lo, v)
         draw.line([(axes.left, r), (axes.right, r)], fill=GRID)
         _text(draw, (axes.left - 6, r), _label(v), font, "rm")
@@ -148,10 +177,10 @@ def _draw_panel(draw, box: tuple[int, int], panel: Panel, colours: dict, font) -
     _text(draw, ((axes.left + axes.right) / 2, axes.bottom + 26), panel.xlabel, font, "ma")
     if panel.ylabel:
         _text(draw, (ox + 6, oy + 10), panel.ylabel, font)
-    if panel.reference is not None:
+    if _reference(panel) is not None:
         _dashed(draw, axes.left + 1, axes.right - 1, axes.to_pixel(axes.x_lo, panel.reference)[1])
     for label, (xs, ys) in panel.series.items():
-        pix = [axes.to_pixel(x, y) for x, y in _points(xs, ys)]
+        pix = [axes.to_pixel(x, y) for x, y in _points(xs, ys, panel.ylog)]
         if len(pix) > 1:
             draw.line(pix, fill=colours[label], width=3, joint="curve")
         for c, r in pix:
@@ -168,7 +197,7 @@ def series_colours(panels: Sequence[Panel]) -> dict[str, tuple[int, int, int]]:
 def render(panels: Sequence[Panel]) -> tuple[Image.Image, list[Axes]]:
     """The figure: panels left to right and the legend on the right. -> (RGB image, axes)."""
     colours, font = series_colours(panels), _font()
-    refs = list(dict.fromkeys(p.reference_label for p in panels if p.reference is not None))
+    refs = list(dict.fromkeys(p.reference_label for p in panels if _reference(p) is not None))
     rows = len(colours) + len(refs)
     height = max(PANEL[1], 40 + 20 * rows)
     image = Image.new("RGB", (PANEL[0] * len(panels) + LEGEND_WIDTH, height), PAPER)
@@ -214,6 +243,7 @@ def nfe_plot(rows: Sequence[dict], real: dict | None, path: str) -> str:
             {k: ([r["nfe"] for r in v], [r.get(key) for r in v]) for k, v in lines.items()},
             reference=real.get(key),
             reference_label="real images (train split)",
+            ylog=key == "frechet",  # distances span decades across budgets
         )
         for key, title in (("frechet", "Frechet distance (lower is better)"), ("recall", "recall"))
     ]
