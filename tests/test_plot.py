@@ -138,3 +138,23 @@ def test_ticks_are_round_numbers_inside_the_range():
     assert plot.nice_ticks(0.13, 0.87) == pytest.approx([0.2, 0.4, 0.6, 0.8])
     assert plot.nice_ticks(3.0, 61.0) == pytest.approx([20, 40, 60])
     assert plot.log_ticks(8, 250) == [10, 20, 50, 100, 200]
+
+
+def test_series_past_the_palette_keep_its_colours_with_other_marker_shapes():
+    n = 2 * len(plot.PALETTE) + 1  # circles, squares, then one triangle
+    series = {f"s{i}": ([10 * 1.25**i], [float(i)]) for i in range(n)}
+    panels = [plot.Panel("many", series)]
+    image, (ax,) = plot.render(panels)
+    rgb = np.asarray(image).astype(int)
+    styles = plot.series_styles(panels)
+    first, again, third = (styles[f"s{i}"] for i in (0, len(plot.PALETTE), n - 1))
+    assert first[0] == again[0] == third[0] and (first[1], again[1], third[1]) == plot.MARKERS
+    m = plot.MARKER_RADIUS
+    for i, shape in ((0, "circle"), (len(plot.PALETTE), "square"), (n - 1, "triangle")):
+        r, c = pixel(ax, 10 * 1.25**i, float(i))
+        want = np.array(plot.PALETTE[0])
+        painted = lambda dr, dc, r=r, c=c, want=want: bool((rgb[r + dr, c + dc] == want).all())
+        assert painted(0, 0) and painted(m - 1, 0) and painted(0, 1 - m), shape
+        # a square fills its corners, a circle does not; a triangle's tip is on top
+        assert painted(-m, -m) == (shape == "square"), shape
+        assert painted(m, -m) == (shape in ("square", "triangle")), shape

@@ -31,6 +31,10 @@ PANEL = (430, 360)  # pixels of one panel
 LEGEND_WIDTH = 230
 MARGIN = {"left": 64, "right": 16, "top": 34, "bottom": 48}
 DASH = (9, 6)  # pixels drawn, pixels left out
+# Marker shapes: the first len(PALETTE) series are circles, the next as many squares, then
+# triangles, so series that share a colour still differ.
+MARKERS = ("circle", "square", "triangle")
+MARKER_RADIUS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +161,7 @@ def _label(v: float) -> str:
     return f"{v:g}" if abs(v) < 1e5 else f"{v:.0e}"
 
 
-def _draw_panel(draw, box: tuple[int, int], panel: Panel, colours: dict, font) -> Axes:
+def _draw_panel(draw, box: tuple[int, int], panel: Panel, styles: dict, font) -> Axes:
     ox, oy = box
     w, h = PANEL
     axes = Axes(
@@ -181,32 +185,54 @@ def _draw_panel(draw, box: tuple[int, int], panel: Panel, colours: dict, font) -
         _dashed(draw, axes.left + 1, axes.right - 1, axes.to_pixel(axes.x_lo, panel.reference)[1])
     for label, (xs, ys) in panel.series.items():
         pix = [axes.to_pixel(x, y) for x, y in _points(xs, ys, panel.ylog)]
+        colour, shape = styles[label]
         if len(pix) > 1:
-            draw.line(pix, fill=colours[label], width=3, joint="curve")
+            draw.line(pix, fill=colour, width=3, joint="curve")
         for c, r in pix:
-            draw.ellipse([c - 4, r - 4, c + 4, r + 4], fill=colours[label])
+            _marker(draw, c, r, shape, colour)
     return axes
 
 
-def series_colours(panels: Sequence[Panel]) -> dict[str, tuple[int, int, int]]:
-    """One colour per series label across all panels, in order of first appearance."""
+def _marker(draw, c: float, r: float, shape: str, colour) -> None:
+    """A filled marker centred on the pixel nearest (column c, row r), MARKER_RADIUS pixels from
+    centre to edge, so every marker of a shape has the same pixels around its centre."""
+    m, c, r = MARKER_RADIUS, round(c), round(r)
+    if shape == "square":
+        draw.rectangle([c - m, r - m, c + m, r + m], fill=colour)
+    elif shape == "triangle":
+        draw.polygon([(c, r - m - 1), (c - m - 1, r + m), (c + m + 1, r + m)], fill=colour)
+    else:
+        draw.ellipse([c - m, r - m, c + m, r + m], fill=colour)
+
+
+def series_styles(panels: Sequence[Panel]) -> dict[str, tuple[tuple[int, int, int], str]]:
+    """One (colour, marker shape) per series label across all panels, in order of first
+    appearance: PALETTE's colours in turn, then again with the next of MARKERS."""
     labels = list(dict.fromkeys(label for p in panels for label in p.series))
-    return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(labels)}
+    n = len(PALETTE)
+    return {
+        label: (PALETTE[i % n], MARKERS[(i // n) % len(MARKERS)]) for i, label in enumerate(labels)
+    }
+
+
+def series_colours(panels: Sequence[Panel]) -> dict[str, tuple[int, int, int]]:
+    """Each series label's colour (series_styles without the marker shapes)."""
+    return {label: colour for label, (colour, _) in series_styles(panels).items()}
 
 
 def render(panels: Sequence[Panel]) -> tuple[Image.Image, list[Axes]]:
     """The figure: panels left to right and the legend on the right. -> (RGB image, axes)."""
-    colours, font = series_colours(panels), _font()
+    styles, font = series_styles(panels), _font()
     refs = list(dict.fromkeys(p.reference_label for p in panels if _reference(p) is not None))
-    rows = len(colours) + len(refs)
+    rows = len(styles) + len(refs)
     height = max(PANEL[1], 40 + 20 * rows)
     image = Image.new("RGB", (PANEL[0] * len(panels) + LEGEND_WIDTH, height), PAPER)
     draw = ImageDraw.Draw(image)
-    axes = [_draw_panel(draw, (i * PANEL[0], 0), p, colours, font) for i, p in enumerate(panels)]
+    axes = [_draw_panel(draw, (i * PANEL[0], 0), p, styles, font) for i, p in enumerate(panels)]
     x, y = PANEL[0] * len(panels) + 8, MARGIN["top"]
-    for label, colour in colours.items():
+    for label, (colour, shape) in styles.items():
         draw.line([(x, y), (x + 24, y)], fill=colour, width=2)
-        draw.ellipse([x + 8, y - 4, x + 16, y + 4], fill=colour)
+        _marker(draw, x + 12, y, shape, colour)
         _text(draw, (x + 32, y), label, font, "lm")
         y += 20
     for label in refs:
