@@ -1,7 +1,10 @@
 """Imports point one way: a module imports only from its own package or from lower layers."""
 
 import ast
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -95,3 +98,27 @@ def test_downward_imports_pass():
     assert violations("from jldm.build import objectives", "jldm.train.fit") == []
     assert violations("from jldm.train.fit import fit", "jldm.train.toy") == []
     assert violations("from jldm.api import load", "jldm") == []
+
+
+# Reading a run back and sampling need no dataset stack: a notebook or a bare accelerator image
+# imports jldm with neither TensorFlow Datasets nor grain installed.
+_WITHOUT_DATASETS = """
+import importlib.abc, sys
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("tensorflow_datasets", "grain", "array_record"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Missing())
+import jldm, jldm.api, jldm.train.runs, jldm.sampling.pipeline
+from jldm.data import paths
+print(sorted(m for m in ("tensorflow_datasets", "grain") if m in sys.modules), jldm.load.__name__)
+"""
+
+
+def test_jldm_imports_without_the_dataset_stack():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_DATASETS], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["[]", "load"]

@@ -17,23 +17,17 @@ import optax
 from flax import serialization
 
 from jldm.build.autoencoder import build_autoencoder, build_discriminator, init_stage1
-from jldm.build.state import TrainState, abstract_state, create_state, make_optimizer
+from jldm.build.state import TrainState, create_state, make_optimizer
 from jldm.data import batches_for
 from jldm.data.paths import isfile, join, makedirs, read_bytes, write_bytes_atomic
 from jldm.diffusion.vae_losses import make_autoencoder_loss
 from jldm.errors import UserError
 from jldm.nn import perceptual
-from jldm.train import checkpoint
 from jldm.train.fit import Task
 from jldm.train.inputs import array_batches
 from jldm.train.sharding import batch_sharding, check_batch, make_mesh, replicated
+from jldm.train.stage1_state import stage1_shapes
 from jldm.train.step import keep_if_finite, make_train_step
-
-
-def stage1_shapes(config: ml_collections.ConfigDict, tx=None) -> TrainState:
-    """Shapes of the stage-1 TrainState (with optimizer tx, default stage1's), unallocated."""
-    init = lambda k: init_stage1(config, k)
-    return abstract_state(init, tx or make_optimizer(config.stage1), config.seed)
 
 
 def save_perceptual(params, path: str) -> None:
@@ -160,20 +154,3 @@ def stage1_task(
 
     inputs = array_batches(images, labels, config.seed, a.batch_size, 1, batch_sharding(mesh, 1))
     return Task("stage1", a, shapes, init, step, inputs, show="rec")
-
-
-def load_stage1(config: ml_collections.ConfigDict, folder: str):
-    """The trained autoencoder params of a finished stage-1 run in folder."""
-    mngr = checkpoint.manager(folder, read_only=True)
-    if mngr.latest_step() is None:
-        raise UserError(
-            f"no stage-1 checkpoint in {folder}/checkpoints: train stage 1 first, or leave "
-            "stage1.workdir empty to train it in WORKDIR/stage1"
-        )
-    state, _ = checkpoint.restore_latest(mngr, stage1_shapes(config))
-    if int(state.step) < config.stage1.steps:
-        raise UserError(
-            f"stage 1 in {folder} stopped at step {int(state.step)} of {config.stage1.steps}: "
-            "rerun train.py to finish it"
-        )
-    return state.params["ae"]

@@ -22,10 +22,11 @@ from jldm.data.stream import Source
 from jldm.errors import UserError
 from jldm.sampling.run import Stage1
 from jldm.train import checkpoint
-from jldm.train.autoencoder import load_stage1, stage1_task
+from jldm.train.autoencoder import stage1_task
 from jldm.train.diffusion import diffusion_task
 from jldm.train.fit import Result, fit
 from jldm.train.inputs import as_source
+from jldm.train.stage1_state import load_stage1
 
 # Images encoded per call: one compiled batch shape, and the most images in memory at once.
 ENCODE_BATCH = 256

@@ -14,8 +14,8 @@ from jldm.data.paths import isdir, join
 from jldm.errors import UserError
 from jldm.sampling.run import Loaded, Stage1
 from jldm.train import checkpoint
-from jldm.train.autoencoder import load_stage1
 from jldm.train.config_io import read_config
+from jldm.train.stage1_state import load_stage1
 from jldm.train.workdir import check_checkpoint_folder
 
 

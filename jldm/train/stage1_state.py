@@ -1,0 +1,33 @@
+"""A stage-1 (autoencoder) run's state: the shapes of its TrainState, and the trained
+autoencoder params of a finished run read back (what latent diffusion and jldm.load need of
+it, without the training task and its input pipeline)."""
+
+import ml_collections
+
+from jldm.build.autoencoder import init_stage1
+from jldm.build.state import TrainState, abstract_state, make_optimizer
+from jldm.errors import UserError
+from jldm.train import checkpoint
+
+
+def stage1_shapes(config: ml_collections.ConfigDict, tx=None) -> TrainState:
+    """Shapes of the stage-1 TrainState (with optimizer tx, default stage1's), unallocated."""
+    init = lambda k: init_stage1(config, k)
+    return abstract_state(init, tx or make_optimizer(config.stage1), config.seed)
+
+
+def load_stage1(config: ml_collections.ConfigDict, folder: str):
+    """The trained autoencoder params of a finished stage-1 run in folder."""
+    mngr = checkpoint.manager(folder, read_only=True)
+    if mngr.latest_step() is None:
+        raise UserError(
+            f"no stage-1 checkpoint in {folder}/checkpoints: train stage 1 first, or leave "
+            "stage1.workdir empty to train it in WORKDIR/stage1"
+        )
+    state, _ = checkpoint.restore_latest(mngr, stage1_shapes(config))
+    if int(state.step) < config.stage1.steps:
+        raise UserError(
+            f"stage 1 in {folder} stopped at step {int(state.step)} of {config.stage1.steps}: "
+            "rerun train.py to finish it"
+        )
+    return state.params["ae"]
