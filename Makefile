@@ -29,9 +29,9 @@ demo: install
 	$(BIN)/python train.py --config configs/digits_ddpm.py --workdir $(DEMO)
 	$(BIN)/python sample.py --workdir $(DEMO) --out $(DEMO)/samples --sampler dpmpp2m --steps 10
 
-# jldm against diffusers eager on this CPU, interleaved in one process (bench/vs_diffusers.py: train
-# step, UNet evaluation, DDIM-50 of 100 images, DDPM-1000 of 20; about 4 minutes on two idle
-# cores). PEER_PYTHON: a Python with jldm's dependencies and torch + diffusers (without torch it
+# jldm against diffusers eager on this CPU, interleaved in one process (bench/vs_diffusers.py:
+# train step, UNet evaluation, DDIM-50 of 100 images, DDPM-1000 of 20; about 4 minutes on two
+# idle cores). PEER_PYTHON: a Python with jldm's dependencies and torch + diffusers (without torch it
 # times jldm alone). bench/README.md has the GPU runs.
 PEER_PYTHON ?= $(BIN)/python
 bench: install

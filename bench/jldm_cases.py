@@ -45,6 +45,13 @@ def inputs(config, batch: int, mesh, lead: tuple[int, ...] = (), seed: int = 0):
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
+def peak_bytes() -> int | None:
+    """The allocator's peak bytes in use on device 0 since the process started (GPU/TPU), or
+    None where the backend reports none (the CPU)."""
+    stats = jax.devices()[0].memory_stats()
+    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
 def random_params(config, model, mesh, abstract_params: bool = False):
     """The model's initial params for config.seed, replicated over the mesh (or their
     ShapeDtypeStructs). Its init program runs once, so it is compiled without optimisation."""

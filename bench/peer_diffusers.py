@@ -46,9 +46,6 @@ def main(_):
     if config is None:
         raise app.UsageError("--config is required, e.g. --config configs/digits_ddpm.py")
     device = FLAGS.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     batch = FLAGS.batch or config.train.batch_size
     if device.startswith("cuda"):
         name = torch.cuda.get_device_name(0)

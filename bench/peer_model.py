@@ -45,6 +45,9 @@ class Peer:
         import torch
 
         self.torch, self.config, self.batch, self.device = torch, config, batch, device
+        if device.startswith("cuda"):  # float32 matmuls and convolutions may use TF32
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(config.seed)
         self.module = build_unet(config).to(device)
         self.net = torch.compile(self.module) if mode == "compile" else self.module

@@ -76,12 +76,6 @@ def _xla_memory(compiled) -> dict:
     }
 
 
-def _peak_bytes() -> int | None:
-    """The allocator's peak bytes in use on device 0 since the process started (GPU/TPU)."""
-    stats = jax.devices()[0].memory_stats()
-    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
-
-
 def _residual_bytes(loss_fn, params, batch: dict) -> int | None:
     """Bytes of activations the backward pass keeps (jaxpr level, before XLA fuses any), e.g.
     to compare remat on and off without a GPU. None where jax does not offer the analysis."""
@@ -141,7 +135,7 @@ def _report(base: dict, case: str, images: int, compiled, lower_s, compile_s, ti
                 rec["fraction_of_peak"] = round(tflops / FLAGS.peak_tflops, 4)
     if not FLAGS.lower_only:
         rec.update(_xla_memory(compiled))
-    peak = _peak_bytes()
+    peak = cases.peak_bytes()
     if peak is not None:
         rec["peak_bytes"] = peak
     return rec

@@ -16,11 +16,11 @@ device, as api.make_generator compiles it). Like train.py, the process keeps fre
 reuse instead of returning it to the system after each call (jldm.host.keep_freed_memory;
 --keep_freed_memory=false to compare); the setting is process-wide, so the peer's allocations
 get it too. With --device cuda both run on the GPU (JAX allocates as it goes rather than taking
-most of the memory at start, so the two share it; the peer's matmuls and convolutions may use
-TF32, as in peer_diffusers.py). The peer is diffusers' UNet2DConditionModel in eager PyTorch
-(bench/peer_model.py), with --threads threads on the CPU: same config, same work per call, bf16
-autocast where the config computes in bfloat16. Both live in this process and take turns; each
-call blocks until done, so one side idles while the other runs.
+most of the memory at start, so the two share it). The peer is diffusers' UNet2DConditionModel
+in eager PyTorch (bench/peer_model.py; TF32 allowed on a GPU), with --threads threads on the
+CPU: same config, same work per call, bf16 autocast where the config computes in bfloat16.
+Both live in this process and take turns; each call blocks until done, so one side idles while
+the other runs.
 
 Per case: one JSON line (medians, quartiles, min/max of each side, images per second, `speedup`
 = peer median / jldm median, so above 1 jldm is faster, the median of the per-round ratios,
@@ -135,10 +135,7 @@ def _peer(config, batch: int, device: str, threads: int):
         need = "pip install torch diffusers"
         print(f"vs_diffusers: timing jldm alone ({e.name} is not installed; {need})")
         return None, {}
-    if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    else:
+    if device == "cpu":
         torch.set_num_threads(threads)
     facts = {
         "torch": torch.__version__,
@@ -148,12 +145,6 @@ def _peer(config, batch: int, device: str, threads: int):
     if device == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(0)
     return Peer(config, batch, device, "eager"), facts
-
-
-def _jldm_peak_bytes() -> int | None:
-    """JAX's allocator peak on device 0 since the process started (GPU), else None."""
-    stats = jax.devices()[0].memory_stats()
-    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
 def _run_case(case: str, config, model, mesh, batch: int, params, peer, base: dict) -> dict:
@@ -180,7 +171,7 @@ def _run_case(case: str, config, model, mesh, batch: int, params, peer, base: di
             k: [round(x, 5) for x in v] if k == "times_s" else round(v, 5) for k, v in t.items()
         }
         rec[side]["images_per_s"] = round(images / t["median_s"], 2)
-    if (peak := _jldm_peak_bytes()) is not None:
+    if (peak := cases.peak_bytes()) is not None:
         rec["jldm"]["peak_bytes_since_start"] = peak
     if gpu:
         rec["peer"]["peak_bytes"] = int(peer.torch.cuda.max_memory_allocated())
