@@ -64,7 +64,7 @@ def test_the_png_is_two_panels_and_a_legend_wide(figure):
 @pytest.mark.parametrize("name", ["figure", "log_figure"])
 def test_markers_and_lines_are_drawn_where_the_data_say(name, request):
     panels, rgb, _, axes = request.getfixturevalue(name)
-    colours = plot.series_colours(panels)
+    colours = {label: colour for label, (colour, _) in plot.series_styles(panels).items()}
     assert len(set(colours.values())) == len(colours)
     for panel, ax in zip(panels, axes, strict=True):
         assert ax.y_log == panel.ylog
@@ -129,7 +129,8 @@ def test_the_reference_is_a_dashed_line_at_its_level(name, request):
 def test_the_legend_shows_every_series_and_the_reference(figure):
     panels, rgb, _, _ = figure
     legend = rgb[:, 2 * plot.PANEL[0] :]
-    for colour in [*plot.series_colours(panels).values(), plot.REFERENCE]:
+    colours = [colour for colour, _ in plot.series_styles(panels).values()]
+    for colour in [*colours, plot.REFERENCE]:
         assert (legend == np.array(colour)).all(-1).sum() > 20, colour
     assert (legend == np.array(plot.INK)).all(-1).sum() > 50  # the labels' text
 

@@ -215,11 +215,6 @@ def series_styles(panels: Sequence[Panel]) -> dict[str, tuple[tuple[int, int, in
     }
 
 
-def series_colours(panels: Sequence[Panel]) -> dict[str, tuple[int, int, int]]:
-    """Each series label's colour (series_styles without the marker shapes)."""
-    return {label: colour for label, (colour, _) in series_styles(panels).items()}
-
-
 def render(panels: Sequence[Panel]) -> tuple[Image.Image, list[Axes]]:
     """The figure: panels left to right and the legend on the right. -> (RGB image, axes)."""
     styles, font = series_styles(panels), _font()
