@@ -144,13 +144,15 @@ class Peer:
             sched = DDPMScheduler(**kw, clip_sample=True)
             sched.set_timesteps(kw["num_train_timesteps"])
         context = torch.randn(num, m.context_tokens, m.context_dim, device=self.device)
+        # jldm's DDIM derives eps again from the clipped x0 (jldm.diffusion.samplers.ddim_step)
+        step_kw = {"use_clipped_model_output": True} if sampler == "ddim" else {}
 
         def call():
             x = torch.randn(num, d.channels, d.resolution, d.resolution, device=self.device)
             with torch.inference_mode(), self.autocast():
                 for t in sched.timesteps:
                     eps = self.net(x, t.to(self.device), encoder_hidden_states=context).sample
-                    x = sched.step(eps.float(), t, x).prev_sample
+                    x = sched.step(eps.float(), t, x, **step_kw).prev_sample
             self.sync()
 
         return call

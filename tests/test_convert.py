@@ -2,6 +2,7 @@
 SD-1.x- and SD-2.x-shaped models (UNet, VAE, CLIP text encoder, DDIM steps, the whole
 text-to-image pipeline), the Orbax cache, one-line errors, and sample.py --pretrained."""
 
+import itertools
 import json
 import os
 import shutil
@@ -136,6 +137,7 @@ def _scheduler_configs(root):
     yield base
     yield dict(base, timestep_spacing="trailing", set_alpha_to_one=True, steps_offset=0)
     yield dict(base, timestep_spacing="linspace", beta_schedule="linear", beta_end=0.02)
+    yield dict(base, clip_sample=True)  # x0 clipped to [-1, 1] (DDPM-style folders)
 
 
 def test_ddim_steps_match_diffusers_scheduler(sd):
@@ -152,18 +154,31 @@ def test_ddim_steps_match_diffusers_scheduler(sd):
         ref.set_timesteps(10)
         np.testing.assert_array_equal(inference_timesteps(spec, 10), ref.timesteps.numpy())
         for t, t_prev in inference_pairs(spec, 10)[[0, 4, 9]]:
-            for eta in (0.0, 1.0):
+            for eta, clipped_eps in itertools.product((0.0, 1.0), (False, True)):
+                # use_clipped_model_output: diffusers' eps from the clipped x0 (its default
+                # keeps the network's eps, as jldm's pretrained pipelines do).
                 want = ref.step(
                     torch.from_numpy(out),
                     int(t),
                     torch.from_numpy(x),
                     eta=eta,
+                    use_clipped_model_output=clipped_eps,
                     variance_noise=torch.from_numpy(noise),
                 ).prev_sample.numpy()
                 got = ddim_step(
-                    spec.schedule, x, t, t_prev, out, noise, eta, spec.prediction, spec.clip_sample
+                    spec.schedule,
+                    x,
+                    t,
+                    t_prev,
+                    out,
+                    noise,
+                    eta,
+                    spec.prediction,
+                    spec.clip_sample,
+                    clipped_eps,
                 )
-                assert rel_err(got, want) < TOL, (cfg.get("timestep_spacing"), t, eta)
+                where = (cfg.get("timestep_spacing"), spec.clip_sample, t, eta, clipped_eps)
+                assert rel_err(got, want) < TOL, where
 
 
 def test_text_to_image_matches_diffusers_pipeline(sd):

@@ -71,6 +71,31 @@ def test_ddim_with_exact_score_of_a_point_mass_lands_on_it():
     np.testing.assert_allclose(x, mu, atol=1e-4)
 
 
+def test_clipped_ddim_walks_the_path_of_its_clipped_estimate():
+    """A network whose x0 estimates overshoot a point mass mu in {-1, 1}^d twice over: clipped,
+    they are mu, and with eps derived from the clipped x0 every DDIM step lands on mu's own
+    path sqrt(abar) mu + sqrt(1 - abar) z (float64). The network's eps beside the clipped x0
+    (diffusers' default) leaves that path at the first step."""
+    rng = np.random.default_rng(3)
+    mu, z = np.sign(rng.normal(size=(8, 6))), rng.normal(size=(8, 6))
+    abar64 = np.cumprod(1 - np.linspace(1e-4, 0.05, 200))  # SCHED in float64
+    on_path = lambda t: mu if t < 0 else np.sqrt(abar64[t]) * mu + np.sqrt(1 - abar64[t]) * z
+    ts = ddim_timesteps(200, 10)
+
+    def overshoot(x, t):  # the eps under which x0_hat = 2 mu
+        a = SCHED.alphas_cumprod[t]
+        return (x - jnp.sqrt(a) * 2 * mu) / jnp.sqrt(1 - a)
+
+    err = {}
+    for from_clipped in (True, False):
+        x, err[from_clipped] = jnp.asarray(on_path(ts[0]), jnp.float32), 0.0
+        for t, t_prev in zip(ts, [*ts[1:], -1], strict=True):
+            out = overshoot(x, t)
+            x = ddim_step(SCHED, x, t, t_prev, out, 0 * x, 0.0, "eps", True, from_clipped)
+            err[from_clipped] = max(err[from_clipped], np.abs(x - on_path(t_prev)).max())
+    assert err[True] < 1e-4 and err[False] > 0.1, err
+
+
 def test_ddim_eta0_is_deterministic_in_the_start_noise():
     model_fn = gaussian_eps(0.5, 0.7)
     x_T = jax.random.normal(jax.random.PRNGKey(0), (8, 2))

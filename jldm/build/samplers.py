@@ -161,7 +161,10 @@ def _grid_ddim(p: GridPlan):
             noise = jax.random.normal(jax.random.fold_in(key, t), p.shape)
         else:
             noise = jnp.zeros(p.shape)
-        return discrete.ddim_step(p.schedule, x, t, t_prev, out, noise, p.eta, p.prediction, p.clip)
+        # diffusers' DDIMScheduler keeps the network's eps beside a clipped x0: parity.
+        return discrete.ddim_step(
+            p.schedule, x, t, t_prev, out, noise, p.eta, p.prediction, p.clip, False
+        )
 
     return step
 

@@ -125,13 +125,25 @@ def ddim_step(
     eta: float = 0.0,
     prediction: str = "eps",
     clip_x0: bool = False,
+    eps_from_clipped: bool = True,
 ) -> jax.Array:
-    """One DDIM step x_t -> x_{t_prev}; t_prev < 0 means the clean end (alpha_bar = 1)."""
+    """One DDIM step x_t -> x_{t_prev}; t_prev < 0 means the clean end (alpha_bar = 1).
+
+    clip_x0 clips the x0 estimate to [-1, 1]. With eps_from_clipped (the default) the noise
+    estimate is then derived again from the clipped x0, eps = (x_t - sqrt(abar) x0) /
+    sqrt(1 - abar), so the step is DDIM's step for the clipped estimate: x_t stays on the
+    path its own x0 and eps describe, and more steps converge. Keeping the network's eps beside
+    a clipped x0 (eps_from_clipped=False, diffusers' DDIMScheduler default) moves each step off
+    that path, an error that grows with the step count; the pretrained pipelines keep it for
+    parity with diffusers.
+    """
     tb = jnp.full((x_t.shape[0],), t)
     x0, eps = predict_x0_eps(schedule, x_t, tb, output, prediction)
+    abar = schedule.alphas_cumprod[t]
     if clip_x0:
         x0 = jnp.clip(x0, -1.0, 1.0)
-    abar = schedule.alphas_cumprod[t]
+        if eps_from_clipped:
+            eps = (x_t - jnp.sqrt(abar) * x0) / jnp.sqrt(1.0 - abar)
     abar_prev = jnp.where(t_prev >= 0, schedule.alphas_cumprod[jnp.maximum(t_prev, 0)], 1.0)
     sigma = eta * jnp.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
     dir_xt = jnp.sqrt(jnp.maximum(1 - abar_prev - sigma**2, 0.0)) * eps
