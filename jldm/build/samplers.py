@@ -163,7 +163,16 @@ def _grid_ddim(p: GridPlan):
             noise = jnp.zeros(p.shape)
         # diffusers' DDIMScheduler keeps the network's eps beside a clipped x0: parity.
         return discrete.ddim_step(
-            p.schedule, x, t, t_prev, out, noise, p.eta, p.prediction, p.clip, False
+            p.schedule,
+            x,
+            t,
+            t_prev,
+            out,
+            noise,
+            p.eta,
+            p.prediction,
+            p.clip,
+            eps_from_clipped=False,
         )
 
     return step

@@ -139,11 +139,11 @@ def ddim_step(
     """
     tb = jnp.full((x_t.shape[0],), t)
     x0, eps = predict_x0_eps(schedule, x_t, tb, output, prediction)
-    abar = schedule.alphas_cumprod[t]
     if clip_x0:
         x0 = jnp.clip(x0, -1.0, 1.0)
-        if eps_from_clipped:
-            eps = (x_t - jnp.sqrt(abar) * x0) / jnp.sqrt(1.0 - abar)
+        if eps_from_clipped:  # read the clipped x0 as an x0 prediction: its eps
+            x0, eps = predict_x0_eps(schedule, x_t, tb, x0, "x0")
+    abar = schedule.alphas_cumprod[t]
     abar_prev = jnp.where(t_prev >= 0, schedule.alphas_cumprod[jnp.maximum(t_prev, 0)], 1.0)
     sigma = eta * jnp.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
     dir_xt = jnp.sqrt(jnp.maximum(1 - abar_prev - sigma**2, 0.0)) * eps
