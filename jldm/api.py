@@ -19,14 +19,13 @@ import numpy as np
 
 from jldm.build.vae import is_vae
 from jldm.errors import UserError
+from jldm.runs.load import Loaded, Stage1, load_run
 from jldm.sampling import pipeline, vae
 from jldm.sampling import run as run_space
 from jldm.sampling.likelihood import bits_per_dim as ode_bits_per_dim
 from jldm.sampling.pipeline import Generator
-from jldm.sampling.run import Loaded, Stage1, conditions, encode_images
+from jldm.sampling.run import conditions, encode_images
 from jldm.sampling.vae_likelihood import vae_bits_per_dim
-from jldm.train.entry import train as _train
-from jldm.train.runs import load_run
 
 if TYPE_CHECKING:
     from jldm.convert.pipeline import Pretrained
@@ -37,7 +36,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = Fals
 
     force: reuse a workdir holding a run of another architecture.
     """
-    return _train(config, workdir, force)
+    # Imported here: loading and sampling a run never import the training code.
+    from jldm.train.entry import train as train_run
+
+    return train_run(config, workdir, force)
 
 
 def load(workdir: str, step: int | None = None, *, ema: bool = True) -> Loaded:
@@ -87,7 +89,7 @@ def bits_per_dim(run: Loaded, images_u8: np.ndarray, **options):
     return out["iwae"]
 
 
-def _latent_run(run: Loaded, what: str) -> run_space.Stage1:
+def _latent_run(run: Loaded, what: str) -> Stage1:
     if run.stage1 is None:
         raise UserError(f"{what} needs a VAE or latent-diffusion run: this run works on pixels")
     return run.stage1

@@ -183,7 +183,7 @@ def compare_one(
     steps = 1 if is_vae(run.config) else samplers.steps_for_nfe(run.config, sampler, nfe, g)
     row.update(sample_row(run, sampler, steps, g, per_class, seed))
     if run.stage1 is not None:
-        from jldm.train.ldm import stage1_folder
+        from jldm.runs.stage1_state import stage1_folder
 
         row["stage1_steps_s"] = train_speed(stage1_folder(run.config, workdir))
         row.update(autoencoder_error(run))

@@ -72,7 +72,7 @@ def test_sample_writes_grid_and_npz_and_prints_quality(trained, tmp_path):
 
     # Every class: as many real training images of each, scored the same way, beside them.
     from jldm.compare import real_row
-    from jldm.train.config_io import read_config
+    from jldm.runs.config_io import read_config
 
     proc = cli("sample.py", "--workdir", workdir, "--num", "1", "--steps", "2", "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -43,7 +43,7 @@ class _Manager:
 
 @pytest.fixture
 def manager(monkeypatch):
-    from jldm.train import checkpoint
+    from jldm.runs import checkpoint
 
     _Manager.made = []
     monkeypatch.setattr(checkpoint.ocp, "CheckpointManager", _Manager)
@@ -74,7 +74,7 @@ def test_paths_name_move_and_write_cloud_objects_like_local_files(cloud, tmp_pat
 
 
 def test_config_json_is_written_read_and_guarded_in_a_cloud_workdir(cloud, capsys):
-    from jldm.train.config_io import read_config, write_config
+    from jldm.runs.config_io import read_config, write_config
 
     run = "gs://bucket/run"
     with pytest.raises(UserError, match="holds no jldm run"):
@@ -144,7 +144,7 @@ def test_save_grid_writes_a_png_object_that_reads_back(cloud):
 
 
 def test_the_checkpoint_manager_gets_the_cloud_path_as_given(cloud, manager):
-    from jldm.train import checkpoint
+    from jldm.runs import checkpoint
 
     checkpoint.manager("gs://bucket/run/", read_only=True)
     checkpoint.manager("runs/x")
@@ -152,7 +152,7 @@ def test_the_checkpoint_manager_gets_the_cloud_path_as_given(cloud, manager):
 
 
 def test_unreadable_cloud_checkpoints_are_moved_aside_as_objects(cloud):
-    from jldm.train import checkpoint
+    from jldm.runs import checkpoint
 
     root = epath.Path("gs://bucket/run/checkpoints")
     (root / "7" / "state").write_text("bad bytes")
@@ -167,7 +167,7 @@ def test_unreadable_cloud_checkpoints_are_moved_aside_as_objects(cloud):
 
 def test_loading_a_cloud_run_checks_its_folders_and_hands_orbax_the_path(cloud, manager):
     from jldm.api import load
-    from jldm.train.config_io import write_config
+    from jldm.runs.config_io import write_config
 
     with pytest.raises(UserError, match="workdir gs://bucket/none does not exist"):
         load("gs://bucket/none")

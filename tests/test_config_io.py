@@ -3,7 +3,7 @@
 import pytest
 
 from jldm.errors import UserError
-from jldm.train.config_io import read_config, write_config
+from jldm.runs.config_io import read_config, write_config
 from tests.tiny import tiny_config
 
 

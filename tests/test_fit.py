@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from jldm.diffusion.toy import GaussianMixture
-from jldm.train import checkpoint, ldm, toy
+from jldm.runs import checkpoint
+from jldm.train import ldm, toy
 from jldm.train.autoencoder import stage1_task
 from jldm.train.diffusion import diffusion_task
 from jldm.train.fit import Task, TrainingDiverged, fit

@@ -16,7 +16,7 @@ from jldm.data import latents as latent_set
 from jldm.data.sources import open_split
 from jldm.data.stream import Pixels, stream
 from jldm.errors import UserError
-from jldm.sampling.run import Stage1
+from jldm.runs.load import Stage1
 from jldm.train import ldm
 from tests.test_ldm import tiny_ldm
 from tests.tiny import ROOT

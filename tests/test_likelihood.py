@@ -318,7 +318,7 @@ class _Exact:
 
 def _run(objective, **over):
     from jldm.build.noise import build_schedule, build_sde
-    from jldm.sampling.run import Loaded
+    from jldm.runs.load import Loaded
     from tests.tiny import tiny_config
 
     sampler = {"ddpm": "ddim", "edm": "heun", "flow": "euler"}.get(objective, "pc")

@@ -19,7 +19,8 @@ from jldm.api import train as run
 from jldm.build import unet_state_shapes
 from jldm.build.model import build_model
 from jldm.errors import UserError
-from jldm.train import checkpoint, distributed, orbax_echoes
+from jldm.runs import checkpoint, orbax_echoes
+from jldm.train import distributed
 from jldm.train.sharding import make_mesh, replicated
 from tests.clitools import assert_user_error, cli, train_args
 from tests.tiny import ROOT, tiny_config
@@ -217,7 +218,7 @@ def test_echoes_of_a_failed_restore_are_dropped_and_nothing_else():
     """
     script = """
 import asyncio, gc, sys, threading, warnings
-from jldm.train import orbax_echoes
+from jldm.runs import orbax_echoes
 orbax_echoes.quiet_abandoned_reads_for_process()
 orbax_echoes.quiet_abandoned_reads_for_process()  # a second call installs nothing twice
 

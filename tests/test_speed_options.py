@@ -11,7 +11,7 @@ from jldm.build import unet_state_shapes
 from jldm.build.model import build_model, init_params
 from jldm.build.objectives import build_loss
 from jldm.build.state import create_state, make_optimizer
-from jldm.train import checkpoint
+from jldm.runs import checkpoint
 from jldm.train import diffusion as diffusion_task
 from jldm.train.sharding import batch_sharding, leaf_spec, make_mesh, state_sharding
 from jldm.train.step import make_train_step, make_update

@@ -17,7 +17,7 @@ from jldm import api
 from jldm.build.vae import MIN_LOGVAR, build_vae, init_vae
 from jldm.diffusion.likelihood import bits_per_dim
 from jldm.errors import UserError
-from jldm.sampling.run import Loaded
+from jldm.runs.load import Loaded
 from jldm.sampling.vae import sample_vae_run
 from jldm.sampling.vae_likelihood import eval_pixels, vae_bits_per_dim
 from tests.tiny import apply_overrides

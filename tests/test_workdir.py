@@ -18,13 +18,13 @@ import train
 from jldm.api import load
 from jldm.cli import run_cli
 from jldm.errors import UserError
-from jldm.train import workdir as run_folder
+from jldm.runs import workdir as run_folder
 from tests import fake_cloud
 from tests.clitools import assert_error_line, train_args
 from tests.test_bad_inputs import _snapshot
 from tests.tiny import ROOT
 
-HOLD = "import sys, time\nfrom jldm.train.workdir import hold\nwith hold(sys.argv[1]):\n"
+HOLD = "import sys, time\nfrom jldm.runs.workdir import hold\nwith hold(sys.argv[1]):\n"
 HOLD += "    print('held', flush=True)\n    time.sleep(600)\n"
 
 

@@ -7,13 +7,14 @@ import ml_collections
 from jldm.build.text import text_tokenizer
 from jldm.errors import UserError
 from jldm.nn.models import ClassConditionalUNet, TextConditionalUNet
+from jldm.runs.kinds import kind_of
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def is_latent(config: ml_collections.ConfigDict) -> bool:
     """A latent diffusion config: the UNet works on a stage-1 autoencoder's latents."""
-    return "stage1" in config
+    return kind_of(config) == "latent"
 
 
 def model_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:

@@ -21,6 +21,7 @@ from jldm.diffusion.vae_bounds import make_bounds
 from jldm.diffusion.vae_losses import make_elbo_loss
 from jldm.errors import UserError
 from jldm.nn.vae import ConvVAE
+from jldm.runs.kinds import kind_of
 
 LEVELS = 256  # 8-bit pixels
 # Dequantised data spread uniformly over a pixel bin of width 1/256 on [0, 1]: no variance
@@ -39,7 +40,7 @@ _CHOICES = {
 
 def is_vae(config: ml_collections.ConfigDict) -> bool:
     """A VAE config: trained by the ELBO, sampled from its prior (no diffusion)."""
-    return "vae" in config
+    return kind_of(config) == "vae"
 
 
 def is_conditional(config: ml_collections.ConfigDict) -> bool:

@@ -23,7 +23,8 @@ from jldm.diffusion.likelihood import dequantize, flow_likelihood
 from jldm.diffusion.score_losses import sample_probe
 from jldm.diffusion.vlb import VARIANCES, pixels_to_data, vlb
 from jldm.errors import UserError
-from jldm.sampling.run import Loaded, conditions
+from jldm.runs.load import Loaded
+from jldm.sampling.run import conditions
 from jldm.sampling.vae_likelihood import has_density, vae_bits_per_dim
 
 LEVELS = 256

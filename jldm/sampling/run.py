@@ -1,6 +1,4 @@
-"""What sampling needs of a trained run: a typed record, its conditions, its latent space."""
-
-from typing import Any, NamedTuple
+"""What sampling needs of a trained run (a jldm.runs.load.Loaded): its conditions, latents."""
 
 import jax
 import ml_collections
@@ -8,31 +6,8 @@ import numpy as np
 
 from jldm.build.model import null_condition
 from jldm.build.text import caption_table, text_tokenizer
-from jldm.diffusion.schedules import Schedule
 from jldm.errors import UserError
-from jldm.nn.autoencoder import AutoencoderKL
-
-
-class Stage1(NamedTuple):
-    """The autoencoder of a latent run: module, params, and the latent scale factor."""
-
-    model: AutoencoderKL
-    params: Any
-    scale: float
-
-
-class Loaded(NamedTuple):
-    """A trained run: its config, Flax module, (EMA) params, noise schedule and step.
-
-    stage1: for latent diffusion, the autoencoder the UNet's latents come from.
-    """
-
-    config: ml_collections.ConfigDict
-    model: Any
-    params: Any
-    schedule: Schedule
-    step: int
-    stage1: Stage1 | None = None
+from jldm.runs.load import Loaded, Stage1
 
 
 def is_text(config: ml_collections.ConfigDict) -> bool:

@@ -28,8 +28,9 @@ from jldm.data.paths import (
     write_bytes_atomic,
 )
 from jldm.errors import UserError
+from jldm.runs.load import Loaded
 from jldm.sampling.pipeline import make_generator
-from jldm.sampling.run import Loaded, conditions
+from jldm.sampling.run import conditions
 
 MANIFEST = "manifest.json"
 

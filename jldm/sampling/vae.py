@@ -14,8 +14,8 @@ import numpy as np
 
 from jldm.build.vae import image_mean, is_conditional, networks
 from jldm.errors import UserError
+from jldm.runs.load import Loaded
 from jldm.sampling.pipeline import Generator
-from jldm.sampling.run import Loaded
 from jldm.sampling.vae_likelihood import eval_pixels
 
 _BATCH = 256

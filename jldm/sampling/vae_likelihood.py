@@ -22,7 +22,7 @@ from jldm.build.vae import LEVELS, build_bounds, is_conditional, make_targets
 from jldm.diffusion.likelihood import bits_per_dim
 from jldm.diffusion.vae_bounds import log_mean_exp
 from jldm.errors import UserError
-from jldm.sampling.run import Loaded
+from jldm.runs.load import Loaded
 
 # Decoder evaluations per jitted call (images x samples): bounds the activations' memory.
 DECODES_PER_CALL = 2048

@@ -145,7 +145,7 @@ def _labels(num_classes: int, classes: list[str] | None, per_class: int):
 def _writable_prefix(out: str) -> str:
     """The --out prefix made absolute (a cloud one kept as given), its folder checked and made."""
     from jldm.data.paths import dirname, makedirs, resolve
-    from jldm.train.workdir import check_writable_folder
+    from jldm.runs.workdir import check_writable_folder
 
     out = resolve(out)
     folder = dirname(out)
@@ -242,8 +242,8 @@ def _sample_shards(workdir: str) -> None:
     from jldm.build.vae import is_vae
     from jldm.data.paths import join, resolve
     from jldm.errors import UserError
+    from jldm.runs.workdir import check_writable_folder
     from jldm.sampling.shards import sample_shards
-    from jldm.train.workdir import check_writable_folder
 
     for flag in ("prompt", "source", "mask", "low_res"):
         if FLAGS[flag].value:
@@ -327,7 +327,7 @@ def main(owns_process: bool = False) -> None:
     if FLAGS.pretrained is not None:
         return _sample_pretrained()
     if owns_process:
-        from jldm.train.orbax_echoes import quiet_abandoned_reads_for_process
+        from jldm.runs.orbax_echoes import quiet_abandoned_reads_for_process
 
         # Process-wide hooks: only a process that ends with this command may keep them.
         quiet_abandoned_reads_for_process()

@@ -85,8 +85,8 @@ def main(owns_process: bool = False) -> None:
     import jax
 
     from jldm.data.paths import resolve
+    from jldm.runs.orbax_echoes import quiet_abandoned_reads_for_process
     from jldm.train.entry import train
-    from jldm.train.orbax_echoes import quiet_abandoned_reads_for_process
 
     if owns_process:
         # Process-wide hooks: only a process that ends with this run may keep them.

@@ -23,10 +23,10 @@ from jldm.data.paths import isfile, join, makedirs, read_bytes, write_bytes_atom
 from jldm.diffusion.vae_losses import make_autoencoder_loss
 from jldm.errors import UserError
 from jldm.nn import perceptual
+from jldm.runs.stage1_state import stage1_shapes
 from jldm.train.fit import Task
 from jldm.train.inputs import array_batches
 from jldm.train.sharding import batch_sharding, check_batch, make_mesh, replicated
-from jldm.train.stage1_state import stage1_shapes
 from jldm.train.step import keep_if_finite, make_train_step
 
 

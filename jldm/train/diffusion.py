@@ -18,8 +18,9 @@ from jldm.errors import UserError
 from jldm.eval import make_grid, sample_quality, save_grid
 from jldm.eval.fid import configured_weights, fid_to_split
 from jldm.eval.grid import readable_scale
+from jldm.runs.load import Loaded, Stage1
 from jldm.sampling.pipeline import make_generator
-from jldm.sampling.run import Loaded, Stage1, conditions
+from jldm.sampling.run import conditions
 from jldm.train.fit import Task, Watched
 from jldm.train.inputs import as_source, source_batches
 from jldm.train.sharding import batch_sharding, check_batch, make_mesh, state_sharding

@@ -6,11 +6,10 @@ import jax
 import ml_collections
 
 from jldm.build import ranges
-from jldm.build.model import is_latent
 from jldm.build.vae import check_config as check_vae_config
-from jldm.build.vae import is_vae
-from jldm.train import workdir as run_folder
-from jldm.train.config_io import check_config_change, write_config
+from jldm.runs import workdir as run_folder
+from jldm.runs.config_io import check_config_change, write_config
+from jldm.runs.kinds import kind_of
 from jldm.train.fit import check_section, fit
 
 
@@ -25,14 +24,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, force: bool = False) 
     """
     ranges.check_config(config)
     check_section(config.train, "train")
-    if is_latent(config):
+    kind = kind_of(config)
+    if kind == "latent":
         check_section(config.stage1, "stage1")
-    toy = config.data.name.startswith("toy")
-    if toy:
+    if kind == "toy":
         from jldm.train.toy import check_config
 
         check_config(config)
-    elif is_vae(config):
+    elif kind == "vae":
         check_vae_config(config)
     else:
         _check(config)
@@ -40,7 +39,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, force: bool = False) 
     if main:
         run_folder.check_workdir(workdir)
         check_config_change(workdir, config, force)
-    if toy:
+    if kind == "toy":
         from jldm.train.toy import toy_task
 
         task = toy_task(config, workdir)
@@ -50,12 +49,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, force: bool = False) 
 
         # Pixel and latent diffusion stream their split (stage 1 reads it into memory only when
         # it trains); the VAE takes it in memory.
-        if is_vae(config):
+        if kind == "vae":
             from jldm.train.vae import vae_task
 
             task = vae_task(config, workdir, load_training_images(config))
             run = lambda: fit(task, workdir)
-        elif is_latent(config):
+        elif kind == "latent":
             from jldm.train.ldm import fit_latent
 
             data = training_source(config)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from jldm.build import ranges
 from jldm.build.state import TrainState, learning_rate
 from jldm.errors import UserError
-from jldm.train import checkpoint
+from jldm.runs import checkpoint
 from jldm.train.feeder import Prefetcher
 from jldm.train.metrics_log import MetricWriter
 from jldm.train.signals import stop_requests

@@ -20,22 +20,16 @@ from jldm.data.latents import LatentRecords, open_latents, write_latents
 from jldm.data.paths import is_local, join, makedirs, resolve
 from jldm.data.stream import Source
 from jldm.errors import UserError
-from jldm.sampling.run import Stage1
-from jldm.train import checkpoint
+from jldm.runs import checkpoint
+from jldm.runs.load import Stage1
+from jldm.runs.stage1_state import load_stage1, stage1_folder
 from jldm.train.autoencoder import stage1_task
 from jldm.train.diffusion import diffusion_task
 from jldm.train.fit import Result, fit
 from jldm.train.inputs import as_source
-from jldm.train.stage1_state import load_stage1
 
 # Images encoded per call: one compiled batch shape, and the most images in memory at once.
 ENCODE_BATCH = 256
-
-
-def stage1_folder(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """stage1.workdir (an existing stage-1 run), or WORKDIR/stage1 where this run trains it."""
-    given = config.stage1.workdir
-    return resolve(given) if given else join(workdir, "stage1")
 
 
 def latent_folder(config: ml_collections.ConfigDict, workdir: str) -> str:

@@ -19,7 +19,7 @@ from jldm.build.state import create_state, make_optimizer
 from jldm.build.vae import build_elbo_loss, build_vae, init_vae, vae_state_shapes
 from jldm.data import to_unit
 from jldm.eval import save_grid
-from jldm.sampling.run import Loaded
+from jldm.runs.load import Loaded
 from jldm.sampling.vae import generate
 from jldm.sampling.vae_likelihood import eval_pixels, has_density, make_likelihood
 from jldm.train.fit import Task

@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 from jldm.build.state import TrainState
 from jldm.data.paths import exists, join, rename, resolve
 from jldm.errors import UserError
-from jldm.train.orbax_echoes import quiet_abandoned_reads
+from jldm.runs.orbax_echoes import quiet_abandoned_reads
 
 # Unreadable step folders are renamed to this prefix + step; orbax's step pattern (digits only)
 # does not match it, so they are kept for the user but never listed or restored.

@@ -1,13 +1,20 @@
-"""A stage-1 (autoencoder) run's state: the shapes of its TrainState, and the trained
-autoencoder params of a finished run read back (what latent diffusion and jldm.load need of
-it, without the training task and its input pipeline)."""
+"""A stage-1 (autoencoder) run's state: where a latent run keeps it, the shapes of its
+TrainState, and the trained autoencoder params of a finished run read back (what latent
+diffusion and jldm.load need of it, without the training task and its input pipeline)."""
 
 import ml_collections
 
 from jldm.build.autoencoder import init_stage1
 from jldm.build.state import TrainState, abstract_state, make_optimizer
+from jldm.data.paths import join, resolve
 from jldm.errors import UserError
-from jldm.train import checkpoint
+from jldm.runs import checkpoint
+
+
+def stage1_folder(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """stage1.workdir (an existing stage-1 run), or WORKDIR/stage1 where this run trains it."""
+    given = config.stage1.workdir
+    return resolve(given) if given else join(workdir, "stage1")
 
 
 def stage1_shapes(config: ml_collections.ConfigDict, tx=None) -> TrainState:
