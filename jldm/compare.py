@@ -1,47 +1,30 @@
-"""Compare trained runs: python -m jldm.compare W1 W2 ... --nfe 200 (or --grid).
+"""Compare trained runs: the table and grid behind jldm-compare (jldm/scripts/compare.py, also
+`python -m jldm.compare W1 W2 ... --nfe 200`).
 
---nfe: each run's sampler at about --nfe network evaluations per image (guidance included):
-a table (OUT.md, OUT.jsonl) of sampling and training speed, class accuracy, Frechet distance,
-precision and recall in the project's classifier space, and the test split's bits/dim where
-the model has a density (jldm.sampling.likelihood.summary) with its evaluations per image.
---grid: every sampler of each run (or of --samplers) at each of --budgets, one row per step
-count (none above the largest budget), and the bits/dim table; OUT.png plots Frechet distance
-and recall against NFE, one line per objective/sampler, with the figures of as many real
-training images (the samples' classes, at the model's resolution) dashed.
+compare_one: a run's sampler at about nfe network evaluations per image (guidance included):
+sampling and training speed, class accuracy, Frechet distance, precision and recall in the
+project's classifier space, and the test split's bits/dim where the model has a density
+(jldm.sampling.likelihood.summary) with its evaluations per image. compare_grid: every sampler
+of each run at each NFE budget, one row per step count (none above the largest budget), and
+the bits/dim table, which jldm.eval.plot.nfe_plot draws as Frechet distance and recall against
+NFE, one line per objective/sampler, with the figures of as many real training images (the
+samples' classes, at the model's resolution) dashed.
 """
 
 import json
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
-from absl import flags
 
 from jldm import api
 from jldm.build import objectives, samplers
-from jldm.cli import run_main
-from jldm.data.paths import isdir, join, read_text, resolve, write_text_atomic
+from jldm.data.paths import join, read_text, resolve, write_text_atomic
 from jldm.errors import UserError
-from jldm.eval.plot import nfe_plot
 from jldm.sampling import likelihood
 from jldm.sampling.run import decode, encode_images
-
-flags.DEFINE_integer("nfe", 200, "Network evaluations per image, guidance included.")
-flags.DEFINE_bool("grid", False, "Run every sampler at every --budgets NFE and plot OUT.png.")
-flags.DEFINE_list("budgets", ["10", "20", "50", "100", "200"], "--grid: NFE budgets.")
-flags.DEFINE_list("samplers", [], "--grid: samplers to run (default: each objective's all).")
-flags.DEFINE_integer("per_class", 50, "Samples per class for the quality figures.")
-flags.DEFINE_float("guidance", None, "Guidance scale for every run (default: each config's).")
-flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_integer("bpd_images", 256, "Test images for bits/dim (0 skips it).")
-flags.DEFINE_integer("bpd_steps", 0, "Fixed RK4 steps of the likelihood ODE (0: adaptive).")
-flags.DEFINE_float("bpd_tol", 1e-5, "Tolerance of the adaptive likelihood ODE solver.")
-flags.DEFINE_integer("bpd_max_steps", 2000, "Step attempts of the adaptive ODE per image.")
-flags.DEFINE_integer("bpd_terms", 0, "ddpm: terms of the bound's estimate (0: all T).")
-flags.DEFINE_integer("iwae_samples", None, "VAE runs: importance samples K (default: config's).")
-flags.DEFINE_string("out", "compare", "Output prefix: OUT.md, OUT.jsonl (and --grid: OUT.png).")
-FLAGS = flags.FLAGS
 
 _RUN = [("run", "{}"), ("objective", "{}")]
 _QUALITY = [("class_accuracy", "{:.3f}"), ("frechet", "{:.2f}")]
@@ -234,7 +217,7 @@ def markdown(rows: list[dict], columns=COLUMNS) -> str:
     return "\n".join(lines)
 
 
-def _write(out: str, text: str, rows: list[dict]) -> None:
+def write_tables(out: str, text: str, rows: list[dict]) -> None:
     """OUT.md (text) and OUT.jsonl (rows), each written whole: local files or cloud objects."""
     try:
         write_text_atomic(out + ".md", text + "\n")
@@ -246,8 +229,10 @@ def _write(out: str, text: str, rows: list[dict]) -> None:
 def compare_grid(
     workdirs: list[str], budgets: list[int], per_class: int, guidance: float | None, seed: int,
     bpd_images: int, options: dict, only: tuple[str, ...] = (),
+    on_row: Callable[[dict], None] | None = None,
 ) -> tuple[list[dict], list[dict], dict | None]:  # fmt: skip
-    """(grid rows, one bits/dim row per run, the real images' row or None) of --grid."""
+    """(grid rows, one bits/dim row per run, the real images' row or None) of --grid; on_row
+    sees each grid row as it is made."""
     from jldm.build.vae import is_vae
 
     grid, bpd, real = [], [], None
@@ -255,7 +240,8 @@ def compare_grid(
         run = api.load(w)
         for r in grid_rows(run, budgets, per_class, guidance, seed, only):
             grid.append({**_base(w, run), **r})
-            print(json.dumps(grid[-1]), flush=True)
+            if on_row is not None:
+                on_row(grid[-1])
         objective = "vae" if is_vae(run.config) else run.config.diffusion.objective
         bpd.append({**_base(w, run), "objective": objective})
         bpd[-1].update(bpd_row(run, bpd_images, seed, options))
@@ -263,47 +249,7 @@ def compare_grid(
     return grid, bpd, real
 
 
-def main(workdirs: list[str]) -> None:
-    if not workdirs:
-        raise UserError("compare needs workdirs: python -m jldm.compare RUN1 RUN2 ...")
-    try:
-        budgets = [int(b) for b in FLAGS.budgets]
-    except ValueError:
-        raise UserError(f"--budgets={','.join(FLAGS.budgets)}: give integers, e.g. 10,20") from None
-    if FLAGS.nfe < 1 or FLAGS.per_class < 1 or not budgets or min(budgets) < 1:
-        raise UserError("--nfe, --per_class and every --budgets value must be >= 1")
-    missing = [w for w in workdirs if not isdir(w)]
-    if missing:
-        raise UserError(f"workdir {missing[0]} does not exist: pass folders written by train.py")
-    out, f = resolve(FLAGS.out), FLAGS
-    options = bpd_options(f.bpd_steps, f.bpd_tol, f.bpd_max_steps, f.bpd_terms, f.iwae_samples)
-    if not f.grid:
-        rows = []
-        for w in workdirs:
-            rows.append(compare_one(resolve(w), f.nfe, f.per_class, f.guidance, f.seed,
-                                    f.bpd_images, f.bpd_steps, f.bpd_tol, f.iwae_samples,
-                                    f.bpd_max_steps, f.bpd_terms))  # fmt: skip
-            print(json.dumps(rows[-1]), flush=True)
-        _write(out, markdown(rows), rows)
-        print(markdown(rows) + f"\ntable: {out}.md {out}.jsonl")
-        return
-    grid, bpd, real = compare_grid(
-        workdirs, budgets, f.per_class, f.guidance, f.seed, f.bpd_images, options,
-        tuple(f.samplers),
-    )  # fmt: skip
-    reals = [real] if real else []
-    text = markdown(grid + reals, GRID_COLUMNS) + "\n\n" + markdown(bpd, BPD_COLUMNS)
-    tagged = [{"table": "grid", **r} for r in grid + reals]
-    _write(out, text, tagged + [{"table": "bits_per_dim", **r} for r in bpd])
-    plotted = any(r.get("frechet") is not None for r in grid)
-    png = nfe_plot(grid, real, out + ".png") if plotted else None
-    print(text + f"\ntables: {out}.md {out}.jsonl" + (f"; plot: {png}" if png else ""))
+if __name__ == "__main__":  # python -m jldm.compare: the jldm-compare command
+    from jldm.scripts.compare import run
 
-
-def run() -> None:
-    """The jldm-compare command (and python -m jldm.compare)."""
-    run_main(main, positional=True)
-
-
-if __name__ == "__main__":
     run()

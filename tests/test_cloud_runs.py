@@ -247,6 +247,7 @@ def test_compare_takes_gs_workdirs_as_given_and_writes_its_tables_there(
     cloud, local, monkeypatch, capsys
 ):
     from jldm import compare
+    from jldm.scripts import compare as script
 
     seen = []
 
@@ -261,7 +262,8 @@ def test_compare_takes_gs_workdirs_as_given_and_writes_its_tables_there(
     gs_runs = ["gs://bucket/runs/a/", "gs://bucket/runs/b"]
     disk_runs = [os.path.join(local, "runs", n) for n in ("a", "b")]
     for runs, out in ((gs_runs, "gs://bucket/cmp/t"), (disk_runs, os.path.join(local, "t"))):
-        code = run_cli(compare.main, ["compare", *runs, f"--out={out}"], positional=True)
+        argv = ["compare", *runs, f"--out={out}"]
+        code = run_cli(script.main, argv, flag_values=script.FLAGS, positional=True)
         assert code == 0, capsys.readouterr().err
     assert seen == ["gs://bucket/runs/a", "gs://bucket/runs/b", *disk_runs]
     for ext in (".md", ".jsonl"):
@@ -269,7 +271,8 @@ def test_compare_takes_gs_workdirs_as_given_and_writes_its_tables_there(
             os.path.join(local, "t" + ext)
         )
     assert "| a | ddpm | ddim | 4 |" in paths.read_text("gs://bucket/cmp/t.md")
-    code = run_cli(compare.main, ["compare", "gs://bucket/runs/none"], positional=True)
+    argv = ["compare", "gs://bucket/runs/none"]
+    code = run_cli(script.main, argv, flag_values=script.FLAGS, positional=True)
     assert code == 2
     assert "workdir gs://bucket/runs/none does not exist" in capsys.readouterr().err
 

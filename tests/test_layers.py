@@ -50,10 +50,27 @@ def _module_name(path: pathlib.Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _main_block(node: ast.stmt) -> bool:
+    """`if __name__ == "__main__":`, which runs only when the module is a program, never on
+    import (python -m jldm.compare calls the command in jldm.scripts from there)."""
+    test = node.test if isinstance(node, ast.If) else None
+    return (
+        isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+        and [type(op) for op in test.ops] == [ast.Eq]
+        and [type(c) for c in test.comparators] == [ast.Constant]
+        and test.comparators[0].value == "__main__"
+    )
+
+
 def imports(source: str, module: str) -> list[str]:
-    """The jldm modules a source file imports (function-level imports included)."""
+    """The jldm modules a source file imports (function-level imports included; not those of
+    its `if __name__ == "__main__":` block)."""
     found = []
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    tree.body = [node for node in tree.body if not _main_block(node)]
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found += [a.name for a in node.names if a.name.split(".")[0] == "jldm"]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -99,6 +116,7 @@ def test_no_module_imports_from_a_layer_above_or_beside_it():
         ("jldm.nn.unet", "from jldm.runs.kinds import kind_of"),
         ("jldm.diffusion.samplers", "from jldm.runs import checkpoint"),
         ("jldm.runs.kinds", "from jldm.runs import workdir"),
+        ("jldm.eval.fid", "if __name__ != '__main__':\n    from jldm.scripts.fid import run\n"),
     ],
 )
 def test_an_upward_or_sideways_import_is_caught(module, source):
@@ -109,6 +127,9 @@ def test_downward_imports_pass():
     assert violations("from jldm.build import objectives", "jldm.train.fit") == []
     assert violations("from jldm.train.fit import fit", "jldm.train.toy") == []
     assert violations("from jldm.api import load", "jldm") == []
+    # A module run as a program may hand over to its command.
+    entry = 'if __name__ == "__main__":\n    from jldm.scripts.fid import run\n\n    run()\n'
+    assert violations(entry, "jldm.eval.fid") == []
     assert violations("from jldm.runs.kinds import kind_of", "jldm.build.model") == []
     assert violations("from jldm.runs import checkpoint", "jldm.train.fit") == []
     assert violations("from jldm.runs.load import Loaded", "jldm.sampling.run") == []

@@ -185,9 +185,9 @@ def test_compare_grid_runs_each_sampler_per_budget_and_plots_it(runs, tmp_path, 
 
     from PIL import Image
 
-    from jldm import compare
     from jldm.cli import run_cli
     from jldm.eval import plot
+    from jldm.scripts import compare as script
 
     out = str(tmp_path / "grid")
     # ddpm and ncsn: the vpsde run's energy network makes its samplers slow to compile, and
@@ -195,7 +195,7 @@ def test_compare_grid_runs_each_sampler_per_budget_and_plots_it(runs, tmp_path, 
     argv = ["compare", runs["ddpm"], runs["ncsn"], "--grid", "--budgets=10,50"]
     argv += ["--samplers=als,ddim", "--per_class=1", "--guidance=2", "--bpd_images=4"]
     argv += ["--bpd_terms=5", f"--out={out}"]
-    assert run_cli(compare.main, argv, positional=True) == 0
+    assert run_cli(script.main, argv, flag_values=script.FLAGS, positional=True) == 0
     rows = [json.loads(line) for line in open(out + ".jsonl")]
     grid = [
         (r["objective"], r["sampler"], r["steps"], r["nfe"])
