@@ -144,7 +144,8 @@ class Peer:
             sched = DDPMScheduler(**kw, clip_sample=True)
             sched.set_timesteps(kw["num_train_timesteps"])
         context = torch.randn(num, m.context_tokens, m.context_dim, device=self.device)
-        # jldm's DDIM derives eps again from the clipped x0 (jldm.diffusion.samplers.ddim_step)
+        # jldm's DDIM takes eps from the clipped x0: (xbar - D) / sigma in the EDM frame
+        # (jldm.diffusion.solvers.ancestral)
         step_kw = {"use_clipped_model_output": True} if sampler == "ddim" else {}
 
         def call():

@@ -48,9 +48,9 @@ def _run() -> api.Loaded:
     return api.Loaded(config, model, params, build_schedule(config), 0)
 
 
-def _case(name: str) -> tuple[str, int]:
+def _case(name: str) -> tuple[str, int | None]:
     if name == "ddpm":
-        return "ddpm", 0
+        return "ddpm", None  # the sampler's default: every timestep of the schedule
     if name.startswith("ddim") and name[4:].isdigit():
         return "ddim", int(name[4:])
     raise app.UsageError(f"--cases has {name!r}: use ddimN (e.g. ddim50) or ddpm")
@@ -73,9 +73,9 @@ def main(_):
     }
     for name in FLAGS.cases:
         sampler, steps = _case(name)
-        go = api.make_generator(
-            run, labels, sampler=sampler, steps=steps or 50, guidance=FLAGS.guidance
-        )
+        if steps is None:
+            steps = samplers.get(sampler).default_steps(config)
+        go = api.make_generator(run, labels, sampler=sampler, steps=steps, guidance=FLAGS.guidance)
         t0 = time.perf_counter()
         compiled = go.fn.lower(*go.args(jax.random.PRNGKey(0))).compile()
         compile_s = time.perf_counter() - t0

@@ -2,7 +2,6 @@
 SD-1.x- and SD-2.x-shaped models (UNet, VAE, CLIP text encoder, DDIM steps, the whole
 text-to-image pipeline), the Orbax cache, one-line errors, and sample.py --pretrained."""
 
-import itertools
 import json
 import os
 import shutil
@@ -23,7 +22,8 @@ from jldm.convert.models import convert_unet, unet_from_config  # noqa: E402
 from jldm.convert.pipeline import default_cache, load_pretrained  # noqa: E402
 from jldm.convert.scheduler import inference_pairs, inference_timesteps  # noqa: E402
 from jldm.convert.scheduler import scheduler_from_config as sched_cfg  # noqa: E402
-from jldm.diffusion.samplers import ddim_step  # noqa: E402
+from jldm.diffusion import solvers  # noqa: E402
+from jldm.diffusion.frame import discrete_frame  # noqa: E402
 from jldm.errors import UserError  # noqa: E402
 from jldm.sampling.pretrained import generate_text_to_image, make_text_to_image, tokenize  # noqa: E402
 from tests.clitools import assert_user_error, cli  # noqa: E402
@@ -141,44 +141,46 @@ def _scheduler_configs(root):
 
 
 def test_ddim_steps_match_diffusers_scheduler(sd):
+    """Each (t, t_prev) of diffusers' grid as the frame's ancestral step: xbar = x / sqrt(abar_t),
+    solvers.ancestral over [sigma_t, sigma_t_prev] on the discrete frame's denoiser of the
+    network's output, x = xbar sqrt(abar_t_prev). The frame takes its noise estimate from the
+    (clipped) x0, as DDIMScheduler.step with use_clipped_model_output=True; without clipping that
+    is also its default. variance_noise is the z the step draws from its key."""
     from diffusers import DDIMScheduler
 
     _, root, _, _ = sd
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
     out = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
-    noise = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
+    key = jax.random.PRNGKey(3)
+    # frame.scan_grid's draw for the first step of a grid: fold_in(split(key)[0], 0)
+    noise = np.array(jax.random.normal(jax.random.fold_in(jax.random.split(key)[0], 0), x.shape))
     for cfg in _scheduler_configs(root):
         ref = DDIMScheduler.from_config(cfg)
         spec = sched_cfg(cfg)
         ref.set_timesteps(10)
         np.testing.assert_array_equal(inference_timesteps(spec, 10), ref.timesteps.numpy())
+        frame = discrete_frame(spec.schedule, spec.prediction, spec.clip_sample)
+        d = frame.denoiser(lambda x, t: jnp.asarray(out))
+        abar = np.append(np.asarray(spec.schedule.alphas_cumprod, np.float64), 1.0)  # [-1]: 1
         for t, t_prev in inference_pairs(spec, 10)[[0, 4, 9]]:
-            for eta, clipped_eps in itertools.product((0.0, 1.0), (False, True)):
-                # use_clipped_model_output: diffusers' eps from the clipped x0 (its default
-                # keeps the network's eps, as jldm's pretrained pipelines do).
-                want = ref.step(
-                    torch.from_numpy(out),
-                    int(t),
-                    torch.from_numpy(x),
-                    eta=eta,
-                    use_clipped_model_output=clipped_eps,
-                    variance_noise=torch.from_numpy(noise),
-                ).prev_sample.numpy()
-                got = ddim_step(
-                    spec.schedule,
-                    x,
-                    t,
-                    t_prev,
-                    out,
-                    noise,
-                    eta,
-                    spec.prediction,
-                    spec.clip_sample,
-                    clipped_eps,
-                )
-                where = (cfg.get("timestep_spacing"), spec.clip_sample, t, eta, clipped_eps)
-                assert rel_err(got, want) < TOL, where
+            pair = abar[[t, t_prev]]
+            sigmas = jnp.asarray(np.sqrt(1.0 / pair - 1.0), jnp.float32)
+            scale = np.sqrt(pair).astype(np.float32)
+            for eta in (0.0, 1.0):
+                xbar = solvers.ancestral(d, jnp.asarray(x / scale[0]), sigmas, key, None, eta)
+                got = np.asarray(xbar) * scale[1]
+                for clipped_eps in (True,) if spec.clip_sample else (True, False):
+                    want = ref.step(
+                        torch.from_numpy(out),
+                        int(t),
+                        torch.from_numpy(x),
+                        eta=eta,
+                        use_clipped_model_output=clipped_eps,
+                        variance_noise=torch.from_numpy(noise),
+                    ).prev_sample.numpy()
+                    where = (cfg.get("timestep_spacing"), spec.clip_sample, t, eta, clipped_eps)
+                    assert rel_err(got, want) < TOL, where
 
 
 def test_text_to_image_matches_diffusers_pipeline(sd):
@@ -236,7 +238,7 @@ def test_pc_and_ode_samplers_on_the_pretrained_pipeline(sd):
     ode, pc, ddpm = images("ode"), images("pc"), images("ddpm")
     np.testing.assert_array_equal(ode[0], ode[1])  # the flow draws no noise
     assert np.abs(pc[0] - pc[1]).max() > 1e-4  # pc does
-    # The same ancestral noise; the corrector steps move the samples.
+    # Reverse-SDE steps with a Langevin corrector are not the ancestral step, on the same key.
     assert np.abs(pc[0] - ddpm[0]).max() > 1e-4
 
 

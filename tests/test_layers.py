@@ -114,7 +114,7 @@ def test_no_module_imports_from_a_layer_above_or_beside_it():
         ("jldm.runs.checkpoint", "from jldm import api"),
         ("jldm.build.model", "from jldm.runs.load import load_run"),
         ("jldm.nn.unet", "from jldm.runs.kinds import kind_of"),
-        ("jldm.diffusion.samplers", "from jldm.runs import checkpoint"),
+        ("jldm.diffusion.solvers", "from jldm.runs import checkpoint"),
         ("jldm.runs.kinds", "from jldm.runs import workdir"),
         ("jldm.eval.fid", "if __name__ != '__main__':\n    from jldm.scripts.fid import run\n"),
     ],

@@ -17,8 +17,8 @@ from jldm.diffusion.likelihood import (
     ode_likelihood,
     sde_drift,
 )
+from jldm.diffusion.odeint import odeint_adaptive
 from jldm.diffusion.score_losses import sample_probe
-from jldm.diffusion.score_samplers import odeint_adaptive
 from jldm.diffusion.sde import VESDE, VPSDE, SubVPSDE
 
 SDES = {"ve": VESDE(), "vp": VPSDE(), "subvp": SubVPSDE()}

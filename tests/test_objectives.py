@@ -19,7 +19,7 @@ from tests.tiny import tiny_config
 
 def _config(objective, **kw):
     known = objectives.REGISTRY.get(objective)
-    sampler = known.samplers[0] if known else "ddim"
+    sampler = objectives.samplers_of(known)[0] if known else "ddim"
     over = {"diffusion.objective": objective, "sample.sampler": sampler, **kw}
     return tiny_config("/unused", **over)
 
@@ -47,7 +47,7 @@ def test_network_inputs_are_scaled_to_unit_variance_and_time_in_0_999(objective)
     net = objectives.make_score_net(config, _Fake(record))
     x = jnp.ones((2, 4, 4, 1))
     s = net(None, x, c, None)
-    alpha, std, _ = noise_coefs(config, c)
+    alpha, std, _ = noise_coefs(config)(c)
     c_in = 1 / np.sqrt(np.asarray(alpha) ** 2 + np.asarray(std) ** 2)
     np.testing.assert_allclose(seen["x"][:, 0, 0, 0], c_in, rtol=1e-5)
     np.testing.assert_allclose(seen["t"], [0.0, 999.0], atol=0.02)
@@ -61,7 +61,7 @@ def test_energy_with_zero_denoiser_is_the_score_of_n0_std2(objective):
     net = objectives.make_score_net(config, _Fake(lambda x, t: jnp.zeros_like(x)))
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 4, 1))
     c = jnp.array([0.5, 2.0, 10.0]) if objective == "ncsn" else jnp.array([0.1, 0.5, 0.9])
-    _, std, _ = noise_coefs(config, c)
+    _, std, _ = noise_coefs(config)(c)
     expected = -x / np.asarray(std).reshape(-1, 1, 1, 1) ** 2
     np.testing.assert_allclose(net(None, x, c, None), expected, rtol=1e-5)
 
@@ -114,8 +114,13 @@ def test_vpsde_loss_at_the_exact_score_of_gaussian_data_matches_the_closed_form(
 def test_mismatched_objective_and_sampler_are_user_errors():
     with pytest.raises(UserError, match="objective"):
         build_loss(_config("sliced"), None)
-    with pytest.raises(UserError, match="does not apply"):
-        build_loss(_config("vesde", **{"sample.sampler": "ddim"}), None)
+    # Every sampler applies to every image objective; a toy objective of one noise level
+    # takes langevin only, and says why.
+    build_loss(_config("vesde", **{"sample.sampler": "ddim"}), None)
+    with pytest.raises(UserError, match="does not apply.*one noise level"):
+        objectives.check_sampler(objectives.REGISTRY["dsm"], "ddim")
+    with pytest.raises(UserError, match="is not known"):
+        build_loss(_config("vesde", **{"sample.sampler": "rk45"}), None)
     with pytest.raises(UserError, match="energy"):
         build_loss(_config("ddpm", **{"diffusion.parameterization": "energy"}), None)
 
@@ -160,8 +165,8 @@ def test_compare_matches_the_budget_and_reports_bits_per_dim(runs, tmp_path):
 
     rows = [compare.compare_one(runs[o], 24, 1, 2.0, 0, 4, bpd_steps=2) for o in sorted(runs)]
     ddpm, ncsn, vp = rows
-    # ncsn: 3 sigmas x 3 Langevin steps + the denoising step, doubled by guidance = 20 <= 24
-    assert (ncsn["sampler"], ncsn["nfe"], ncsn["bits_per_dim"]) == ("als", 20, None)
+    # ncsn: 5 levels x 2 Langevin steps + the denoising step, doubled by guidance = 22 <= 24
+    assert (ncsn["sampler"], ncsn["nfe"], ncsn["bits_per_dim"]) == ("als", 22, None)
     # vpsde pc: 12 evaluations per image -> 5 steps of predictor + corrector and the final
     # denoising step
     assert (vp["sampler"], vp["steps"], vp["nfe"]) == ("pc", 5, 22)
@@ -202,11 +207,14 @@ def test_compare_grid_runs_each_sampler_per_budget_and_plots_it(runs, tmp_path, 
         for r in rows
         if r["table"] == "grid" and r["run"] != "real"
     ]
-    # Budgets halve under guidance 2: ddim 5 steps, and 25 bounded by T = 20; als (3 sigmas)
-    # 1 and 8 steps per sigma plus the denoising step.
+    # Every sampler on both objectives. Budgets halve under guidance 2: ddim 5 steps, and 25
+    # (bounded by T = 20 on ddpm); als 2 and 12 levels of 2 Langevin steps plus the denoising
+    # step.
     assert grid == [
         ("ddpm", "ddim", 5, 10), ("ddpm", "ddim", 20, 40),
-        ("ncsn", "als", 1, 8), ("ncsn", "als", 8, 50),
+        ("ddpm", "als", 2, 10), ("ddpm", "als", 12, 50),
+        ("ncsn", "ddim", 5, 10), ("ncsn", "ddim", 25, 50),
+        ("ncsn", "als", 2, 10), ("ncsn", "als", 12, 50),
     ]  # fmt: skip
     real = next(r for r in rows if r["run"] == "real")
     assert real["sampler"] == "train split" and 0 <= real["frechet"] and 0 <= real["recall"] <= 1

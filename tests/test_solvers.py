@@ -7,17 +7,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jldm.build import frames
 from jldm.build import samplers as registry
 from jldm.configs.default import get_config
+from jldm.diffusion import frame as fr
 from jldm.diffusion import solvers
-from jldm.diffusion.samplers import classifier_free_guidance
+from jldm.diffusion.guidance import classifier_free_guidance
 from jldm.diffusion.schedules import make_schedule
 from jldm.diffusion.sde import VESDE, VPSDE, SubVPSDE
 
 MU, S = 0.3, 0.6
 SCHED = make_schedule("cosine", 1000)
 SDES = {"vpsde": VPSDE(), "subvpsde": SubVPSDE(), "vesde": VESDE(0.01, 50.0)}
-SOLVERS = {"dpmpp2m": solvers.log_snr_sigmas, "heun": solvers.karras_sigmas}
+SOLVERS = {"dpmpp2m": fr.log_snr_sigmas, "heun": fr.karras_sigmas}
 
 
 def gaussian_eps(mu=MU, s=S, sched=SCHED):
@@ -56,8 +58,8 @@ def gaussian_score(sde, mu=MU, s=S):
 def process(name: str, prediction: str = "eps"):
     """(frame, exact model) of a process by objective name."""
     if name == "ddpm":
-        return solvers.discrete_frame(SCHED, prediction, False), as_prediction(prediction)
-    return solvers.sde_frame(SDES[name], 1e-3), gaussian_score(SDES[name])
+        return fr.discrete_frame(SCHED, prediction, False), as_prediction(prediction)
+    return fr.sde_frame(SDES[name], 1e-3), gaussian_score(SDES[name])
 
 
 def flow_then_denoise(xbar0, sigmas) -> np.ndarray:
@@ -91,8 +93,8 @@ def test_solver_follows_the_gaussian_flow_at_second_order(name, solver):
     (Heun), its mean by under 0.001: bounds 0.015 and 0.025.
     """
     frame, fn = process(name)
-    start = solvers.start_sigma(frame, 80.0)
-    xbar0 = solvers.prior(frame, jax.random.PRNGKey(0), (2000, 2), start)
+    start = fr.start_sigma(frame, 80.0)
+    xbar0 = fr.prior(frame, jax.random.PRNGKey(0), (2000, 2), start)
     err, moments = {}, {}
     for n in (24, 48):
         sigmas = SOLVERS[solver](frame, n, start)
@@ -117,9 +119,9 @@ def test_solver_follows_the_gaussian_flow_at_second_order(name, solver):
 def test_every_prediction_type_gives_the_same_dpm_samples(prediction):
     frame_eps, fn_eps = process("ddpm", "eps")
     frame, fn = process("ddpm", prediction)
-    start = solvers.start_sigma(frame, 80.0)
-    sigmas = solvers.log_snr_sigmas(frame, 10, start)
-    xbar0 = solvers.prior(frame, jax.random.PRNGKey(1), (256, 2), start)
+    start = fr.start_sigma(frame, 80.0)
+    sigmas = fr.log_snr_sigmas(frame, 10, start)
+    xbar0 = fr.prior(frame, jax.random.PRNGKey(1), (256, 2), start)
     want = solve("dpmpp2m", frame_eps, fn_eps, sigmas, xbar0)
     np.testing.assert_allclose(solve("dpmpp2m", frame, fn, sigmas, xbar0), want, atol=2e-4)
 
@@ -177,8 +179,8 @@ def test_registry_samplers_run_the_solvers_and_count_their_evaluations(objective
     config = _config(objective)
     frame, fn = process(objective)
     key = jax.random.PRNGKey(3)
-    start = solvers.start_sigma(frame, 80.0)
-    xbar0 = solvers.prior(frame, jax.random.split(key)[0], (64, 2), start)
+    start = fr.start_sigma(frame, 80.0)
+    xbar0 = fr.prior(frame, jax.random.split(key)[0], (64, 2), start)
     for name, steps in (("dpmpp2m", 6), ("heun", 5)):
         sampler = registry.get(name)
         counter = [0]
@@ -222,35 +224,57 @@ def test_inpainting_keeps_the_known_region_and_leaves_the_rest_to_the_flow(objec
     assert np.abs(kept[:, :, 2:] - x0[:, :, 2:]).mean() > 0.1
 
 
+def _heun_draws(key, **churn):
+    """4000 draws of heun at 24 steps on the exact VP-SDE score, sample.* settings churn."""
+    fn = gaussian_score(SDES["vpsde"])
+    sample = registry.get("heun").build(registry.Plan(_config("vpsde", **churn), (4000, 1), 24))
+    return np.asarray(jax.jit(lambda k: sample(fn, k))(key), np.float64)
+
+
 def test_heun_churn_renoises_inside_its_window_and_keeps_the_gaussian():
     """Churn (s_churn 2 on sigma in [0.05, 10]) changes the samples; they keep the data's mean
     and std within 0.04: 3 standard errors of 4000 draws (0.02) plus Heun's bias at 24 steps
-    (measured on 20000 draws: std +0.020 with this churn, +0.013 without). A window that holds
-    no grid sigma leaves the deterministic sampler."""
-    fn = gaussian_score(SDES["vpsde"])
-
-    def draw(key, **churn):
-        sample = registry.get("heun").build(registry.Plan(_config("vpsde", **churn), (4000, 1), 24))
-        return np.asarray(jax.jit(lambda k: sample(fn, k))(key), np.float64)
-
+    (measured on 20000 draws: std +0.020 with this churn, +0.013 without)."""
     key = jax.random.PRNGKey(7)
-    plain = draw(key)
-    churned = draw(key, s_churn=2.0, s_tmin=0.05, s_tmax=10.0)
+    plain = _heun_draws(key)
+    churned = _heun_draws(key, s_churn=2.0, s_tmin=0.05, s_tmax=10.0)
     assert np.abs(churned - plain).max() > 0.05
     assert abs(churned.mean() - MU) < 0.04 and abs(churned.std() - S) < 0.04, churned.std()
-    np.testing.assert_allclose(draw(key, s_churn=2.0, s_tmin=100.0), plain, atol=1e-6)
 
 
-@pytest.mark.parametrize("denoise", [True, False])
-def test_denoise_final_flag_counts_its_evaluation_for_pc_em_and_ode(denoise):
-    config = _config("vpsde", denoise_final=denoise)
-    fn = gaussian_score(SDES["vpsde"])
-    per_step = {"pc": 1 + config.sample.corrector_steps, "em": 1, "ode": 4}
-    for name, per in per_step.items():
+def test_heun_churn_window_without_a_grid_sigma_is_the_deterministic_sampler():
+    """gamma = 0 at every step (s_tmin above the grid's 80): no noise, the plain ODE solver."""
+    key = jax.random.PRNGKey(7)
+    np.testing.assert_allclose(
+        _heun_draws(key, s_churn=2.0, s_tmin=100.0), _heun_draws(key), atol=1e-6
+    )
+
+
+# Evaluations per sample of `steps` (corrector_steps 1, steps_per_sigma 5): ddim, euler, ddpm,
+# dpmpp2m one per grid point; heun two but on the last; pc, em, ode `steps` steps then D; als
+# steps_per_sigma at each of `steps` levels then D.
+NFE = dict(ddim=3, euler=3, ddpm=3, heun=5, dpmpp2m=3, pc=7, em=4, ode=13, als=16)
+
+
+@pytest.mark.parametrize("objective", ["ddpm", "vpsde"])
+def test_every_sampler_counts_its_evaluations_and_its_grid_ends_at_zero(objective):
+    """3 steps of each registered sampler (langevin apart): the network runs as often as its
+    nfe says, steps_for inverts nfe, the grid has the sampler's points from the start sigma
+    (80 on the frame, or a discrete model's level nearest it) down to 0, and the samples are
+    finite."""
+    config = _config(objective)
+    frame, fn = process(objective)
+    start = fr.start_sigma(frame, 80.0)
+    assert frames.start(config, frame) == start
+    for name, want in NFE.items():
         sampler, counter = registry.get(name), [0]
-        sample = sampler.build(registry.Plan(config, (4, 1), 3))
+        sigmas = sampler.sigmas(config, frame, 3)
+        assert len(sigmas) == sampler.points(3) + 1 and sigmas[-1] == 0, name
+        assert np.isclose(sigmas[0], start, rtol=1e-6) and np.all(np.diff(sigmas) < 0), name
+        sample = sampler.build(registry.Plan(config, (4, 1), 3, clip=False))
         counted = _counting(fn, counter)
-        jax.jit(lambda k, sample=sample, f=counted: sample(f, k))(jax.random.PRNGKey(0))
+        x = jax.jit(lambda k, sample=sample, f=counted: sample(f, k))(jax.random.PRNGKey(0))
         jax.effects_barrier()
-        assert counter[0] == sampler.nfe(config, 3) == 3 * per + denoise, name
-        assert sampler.steps_for(config, 3 * per + denoise) == 3
+        assert counter[0] == sampler.nfe(config, 3) == want, (name, counter[0])
+        assert sampler.steps_for(config, want) == 3, name
+        assert np.isfinite(np.asarray(x)).all(), name

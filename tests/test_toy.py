@@ -97,7 +97,7 @@ def test_train_cli_runs_a_toy_config(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "words"),
     [
-        ({"sample.sampler": "pc"}, ["sample.sampler", "use als"]),
+        ({"sample.sampler": "rk45"}, ["rk45", "not known"]),
         ({"data.weights": (1.0, 2.0)}, ["data.weights", "4 positive weights"]),
         ({"train.log_every": 100}, ["train.log_every", "multiple"]),
         ({"diffusion.sigma_min": 9.0}, ["sigma_min", "0 < sigma_min < sigma_max"]),

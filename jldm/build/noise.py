@@ -42,17 +42,21 @@ def ncsn_sigmas(config: ml_collections.ConfigDict) -> jax.Array:
     return score_losses.geometric_sigmas(f.sigma_max, f.sigma_min, f.num_scales)
 
 
-def noise_coefs(config: ml_collections.ConfigDict, c: jax.Array):
-    """(alpha, std, tau) of conditioning c [B] (sigma for ncsn, t for SDEs), each [B].
-
-    tau in [0, 1] is the position of c along the process (t itself, or log-sigma rescaled).
-    """
+def noise_coefs(config: ml_collections.ConfigDict):
+    """coefs(c [B]) -> (alpha, std, tau), each [B], of conditioning c (sigma for ncsn, t for
+    SDEs); tau in [0, 1] is the position of c along the process (t itself, or log-sigma
+    rescaled). The config is read here, once, not inside the traced function."""
     f = config.diffusion
     if f.objective == "ncsn":
-        tau = jnp.log(c / f.sigma_min) / math.log(f.sigma_max / f.sigma_min)
-        return jnp.ones_like(c), c, tau
-    alpha, std = build_sde(config).mean_coef_std(c)
-    return alpha, std, c
+        lo, span = float(f.sigma_min), math.log(f.sigma_max / f.sigma_min)
+        return lambda c: (jnp.ones_like(c), c, jnp.log(c / lo) / span)
+    sde = build_sde(config)
+
+    def coefs(c):
+        alpha, std = sde.mean_coef_std(c)
+        return alpha, std, c
+
+    return coefs
 
 
 def weighting_of(f: ml_collections.ConfigDict) -> tuple[str, float]:

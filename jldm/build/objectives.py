@@ -1,5 +1,7 @@
 """Training objectives as registered values: each knows its loss, what the network output means,
-and which samplers apply. Resolved once from config.diffusion.objective by `get`.
+and the samplers it cannot take, with the reason (every other sampler applies: each reads the
+network as a denoiser in one frame, jldm.build.frames). Resolved once from
+config.diffusion.objective by `get`.
 
 The same network serves every objective; only what its inputs and output mean changes.
 - ddpm: discrete time t; the UNet predicts eps, x0 or v (diffusion.prediction).
@@ -45,8 +47,8 @@ class Objective:
     """A training objective.
 
     kind: "discrete" (the network's output under the discrete schedule, integer t), "score"
-    (a score s(x, c)), "denoiser" (EDM's D(x, sigma)) or "velocity" (v(x, t) of flow matching);
-    samplers consume one kind. samplers: the names that apply, the first the default.
+    (a score s(x, c)), "denoiser" (EDM's D(x, sigma)) or "velocity" (v(x, t) of flow matching).
+    cannot: the reason it cannot take any sampler but langevin (None: it takes every sampler).
     images/toy: whether it trains the image UNet / the toy-density MLP. score_loss: the loss of a
     score objective on {"x": [B, ...]} (None for the others). check(config.diffusion) refuses
     settings the objective cannot use. weightings: the diffusion.weighting values it takes.
@@ -56,7 +58,7 @@ class Objective:
 
     name: str
     kind: str
-    samplers: tuple[str, ...]
+    cannot: str | None
     images: bool
     toy: bool
     score_loss: ScoreLoss | None = None
@@ -125,27 +127,26 @@ def _flow_loss(config, model, null) -> Callable:
     )
 
 
-_SDE_SAMPLERS = ("pc", "em", "ode", "dpmpp2m", "heun")
+# The toy objectives that learn the score of one noise level (or of the clean data) have no
+# process from noise to data to run along.
+_ONE_LEVEL = "learns the score at one noise level only, so it has no process to sample along"
 _SNR = ("default", "min_snr")
 _SDE = (*_SNR, "likelihood")
 _IMAGES, _TOY, _BOTH = (True, False), (False, True), (True, True)
 REGISTRY: dict[str, Objective] = {
     o.name: o
     for o in (
-        Objective("ddpm", "discrete", ("ddpm", "ddim", "dpmpp2m", "heun"), *_IMAGES, None,
-                  noise.check_ddpm, _SNR),
-        Objective("ncsn", "score", ("als",), *_BOTH, _ncsn, noise.check_ncsn, _SNR),
-        Objective("vesde", "score", _SDE_SAMPLERS, *_BOTH, _sde, noise.check_vesde, _SDE),
-        Objective("vpsde", "score", _SDE_SAMPLERS, *_BOTH, _sde, noise.check_vp, _SDE),
-        Objective("subvpsde", "score", _SDE_SAMPLERS, *_BOTH, _sde, noise.check_vp, _SDE),
-        Objective("edm", "denoiser", ("heun", "dpmpp2m"), *_IMAGES, None, noise.check_edm, _SNR,
-                  _edm_loss),
-        Objective("flow", "velocity", ("euler", "heun", "dpmpp2m"), *_IMAGES, None,
-                  noise.check_flow, _SNR, _flow_loss),
-        Objective("esm", "score", ("langevin",), *_TOY, _esm),
-        Objective("ism", "score", ("langevin",), *_TOY, _ism),
-        Objective("sliced", "score", ("langevin",), *_TOY, _sliced, noise.check_sliced),
-        Objective("dsm", "score", ("langevin",), *_TOY, _dsm,
+        Objective("ddpm", "discrete", None, *_IMAGES, None, noise.check_ddpm, _SNR),
+        Objective("ncsn", "score", None, *_BOTH, _ncsn, noise.check_ncsn, _SNR),
+        Objective("vesde", "score", None, *_BOTH, _sde, noise.check_vesde, _SDE),
+        Objective("vpsde", "score", None, *_BOTH, _sde, noise.check_vp, _SDE),
+        Objective("subvpsde", "score", None, *_BOTH, _sde, noise.check_vp, _SDE),
+        Objective("edm", "denoiser", None, *_IMAGES, None, noise.check_edm, _SNR, _edm_loss),
+        Objective("flow", "velocity", None, *_IMAGES, None, noise.check_flow, _SNR, _flow_loss),
+        Objective("esm", "score", _ONE_LEVEL, *_TOY, _esm),
+        Objective("ism", "score", _ONE_LEVEL, *_TOY, _ism),
+        Objective("sliced", "score", _ONE_LEVEL, *_TOY, _sliced, noise.check_sliced),
+        Objective("dsm", "score", _ONE_LEVEL, *_TOY, _dsm,
                   lambda f: noise.positive("sigma", f.sigma)),
     )
 }  # fmt: skip
@@ -169,21 +170,32 @@ def get(config: ml_collections.ConfigDict, toy: bool = False) -> Objective:
     return objective
 
 
+def samplers_of(objective: Objective) -> tuple[str, ...]:
+    """The samplers the objective takes: every registered one, or langevin alone."""
+    from jldm.build.samplers import REGISTRY
+
+    return ("langevin",) if objective.cannot else tuple(REGISTRY)
+
+
 def check_sampler(objective: Objective, sampler: str, what: str = "sampler") -> None:
-    """The sampler must be one the objective defines."""
-    if sampler not in objective.samplers:
+    """The sampler must be a known one the objective can take."""
+    from jldm.build.samplers import get
+
+    get(sampler)
+    if sampler not in samplers_of(objective):
         raise UserError(
-            f"{what} {sampler!r} does not apply to objective {objective.name!r}: "
-            f"use {' or '.join(objective.samplers)}"
+            f"{what} {sampler!r} does not apply to objective {objective.name!r}: it "
+            f"{objective.cannot}; use langevin"
         )
 
 
 def make_score_net(config: ml_collections.ConfigDict, model) -> ScoreNet:
     """score(params, x, c, labels, train=False, rngs=None): the UNet read as a score model."""
     energy = config.diffusion.parameterization == "energy"
+    coefs = noise_coefs(config)
 
     def score(params, x, c, labels, train=False, rngs=None):
-        alpha, std, tau = (v.reshape(-1, 1, 1, 1) for v in noise_coefs(config, c))
+        alpha, std, tau = (v.reshape(-1, 1, 1, 1) for v in coefs(c))
         c_in = jax.lax.rsqrt(jnp.square(alpha) + jnp.square(std))
 
         def unet(y):

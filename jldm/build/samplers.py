@@ -1,39 +1,42 @@
-"""Samplers as registered values: each builds its pure sampling function from a Plan, and knows
-its network evaluations (NFE) for a step count and the step count for an NFE budget.
+"""Samplers as registered values, each one algorithm written once (jldm.diffusion.solvers and
+score_samplers) that runs on every objective with a noise process: the network is read as a
+denoiser D in the EDM frame (jldm.build.frames), and a sampler is a pure function of (D or its
+score, a sigma grid, key, known pixels).
 
-A discrete sampler (ddpm, ddim) consumes the network's prediction under the discrete schedule; a
-score sampler (langevin, als, pc, em, ode) consumes a score s(x, c); euler consumes the flow's
-velocity v(x, t); dpmpp2m and heun take any of these and EDM's denoiser D(x, sigma), read as a
-denoiser (jldm.build.flow; heun steps a flow's velocity in t). The meaning of `steps`: ddim,
-pc, em, ode, dpmpp2m, heun, euler, langevin: steps of the chain; als: steps per noise level;
-ddpm: ignored (all T steps). Every setting is read from the config when the sampler is built,
-never inside the traced function.
+A sampler knows its grid, its network evaluations (NFE) for a step count and the step count
+for an NFE budget. Every grid starts at min(the model's sigma_max, sample.sigma_start): native
+(uniform in the objective's own time variable: DDIM's timesteps, the SDE's t, NCSN's geometric
+ladder, EDM's Karras grid, the flow's t), karras (heun) or log-SNR (dpmpp2m); on a discrete
+model every grid sits on distinct timesteps of its own. Every grid ends on sigma = 0,
+where the step is D (Tweedie). `steps`: ddim, euler, ddpm, heun, dpmpp2m: grid points; pc, em,
+ode: steps before the final D; als: noise levels (steps_per_sigma Langevin steps each);
+langevin: steps at the frame's smallest sigma. Every setting is read from the config when the
+sampler is built, never inside the traced function.
 """
 
 import dataclasses
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from jldm.build import flow
-from jldm.build.noise import build_schedule, build_sde, ncsn_sigmas
-from jldm.diffusion import samplers as discrete
-from jldm.diffusion import score_samplers
-from jldm.diffusion.schedules import Schedule
+from jldm.build import frames
+from jldm.diffusion import frame as fr
+from jldm.diffusion import score_samplers, solvers
 from jldm.errors import UserError
 
-# sample(fn, key, known=None) -> samples of Plan.shape. fn: the (guided) network, fn(x, c) ->
-# prediction (discrete samplers) or score (score samplers); known: (x0 [N,...], mask [N,...,1])
-# to keep (inpainting, discrete samplers). Pure: every setting was read when it was built.
+# sample(fn, key, known=None) -> samples of Plan.shape. fn(x, c): the (guided) network in the
+# objective's own terms; known: (x0 [N,...], mask [N,...,1]) to keep (inpainting).
 SampleFn = Callable[..., jax.Array]
+# solve(D, xbar, sigmas [N+1], key, known) -> x at sigmas[-1]
+Solve = Callable[..., jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """What a sampler is built from: the run's config, the samples' shape [N, ...], the step
-    count, DDIM's eta, and clip: clip the x0 estimates to [-1, 1] (pixel-space, discrete)."""
+    count, DDIM's eta, and clip: clip a discrete model's x0 estimates to [-1, 1]."""
 
     config: ml_collections.ConfigDict
     shape: tuple[int, ...]
@@ -43,284 +46,177 @@ class Plan:
 
 
 @dataclasses.dataclass(frozen=True)
-class GridPlan:
-    """Sampling a pretrained model on its scheduler's timestep grid (diffusers' spacing).
-
-    fn(x, t [B]) -> the (guided) prediction; the grid's pairs (t, t_prev), t_prev < 0 meaning
-    alpha_bar = 1, are scanned by the sampler's grid step.
-    """
-
-    fn: Callable
-    schedule: Schedule
-    prediction: str
-    clip: bool
-    shape: tuple[int, ...]
-    eta: float = 0.0
-    snr: float = 0.16
-    corrector_steps: int = 1
-
-
-# (plan) -> step(key, x, t, t_prev) -> x at t_prev
-GridStep = Callable[[GridPlan], Callable[..., jax.Array]]
-
-
-@dataclasses.dataclass(frozen=True)
 class Sampler:
-    """A sampler: build(plan) -> sample(fn, key, known); nfe(config, steps): network evaluations per
-    sample (unguided); steps_for(config, nfe): the step count that costs about nfe;
-    default_steps(config); max_steps(config) (None: unbounded); inpaints: takes known.
-    grid: how it steps a pretrained model's timestep grid (None: not offered there);
-    ancestral: on that grid it draws fresh noise every step (eta = 1, alpha_bar = 1 at the end).
-    """
+    """A sampler: solver(config, eta, frame) -> solve(D, xbar, sigmas, key, known); grid: native,
+    karras or log_snr; points(steps): the grid's sigmas above 0; nfe(config, steps):
+    network evaluations per sample (unguided); steps_for(config, nfe) inverts it; default_steps
+    (config); inpaints: takes known pixels."""
 
     name: str
-    kind: str
-    build: Callable[[Plan], SampleFn]
+    solver: Callable[[ml_collections.ConfigDict, float, fr.Frame], Solve]
+    grid: str
     nfe: Callable[[ml_collections.ConfigDict, int], int]
     steps_for: Callable[[ml_collections.ConfigDict, int], int]
+    points: Callable[[int], int] = lambda steps: steps
     default_steps: Callable[[ml_collections.ConfigDict], int] = lambda c: c.sample.steps
-    max_steps: Callable[[ml_collections.ConfigDict], int | None] = lambda c: None
-    inpaints: bool = False
-    grid: GridStep | None = None
-    ancestral: bool = False
+    inpaints: bool = True
+
+    def sigmas(self, config, frame: fr.Frame, steps: int) -> np.ndarray:
+        """The sigma grid [points + 1] of steps on frame, ending at 0."""
+        n, first = self.points(steps), frames.start(config, frame)
+        if self.grid == "native":
+            return fr.with_zero(fr.native_sigmas(frame, n, first))
+        if self.grid == "karras":
+            return fr.karras_sigmas(frame, n, first, float(config.sample.get("rho", 7.0)))
+        return fr.log_snr_sigmas(frame, n, first)
+
+    def max_steps(self, config) -> int | None:
+        """The most steps on a discrete model (its timesteps below the start); None: unbounded."""
+        frame = frames.frame_of(config)
+        if frame is None or frame.levels is None:
+            return None
+        most = fr.max_steps(frame, frames.start(config, frame))
+        return next(s for s in range(most, 0, -1) if self.points(s) <= most)
+
+    def build(self, p: Plan) -> SampleFn:
+        """sample(fn, key, known) for Plan p: from the frame's prior at the grid's start."""
+        frame = frames.frame_of(p.config, p.clip)
+        if frame is None:
+            raise UserError(f"{self.name} needs a noise process: sample this objective by langevin")
+        sigmas = self.sigmas(p.config, frame, p.steps)
+        solve, first = self.solver(p.config, p.eta, frame), float(sigmas[0])
+
+        def sample(fn, key, known=None):
+            k_init, k_run = jax.random.split(key)
+            xbar = fr.prior(frame, k_init, p.shape, first)
+            return solve(frame.denoiser(fn), xbar, sigmas, k_run, known)
+
+        return sample
 
 
-def _ddpm(p: Plan) -> SampleFn:
-    schedule, prediction = build_schedule(p.config), p.config.diffusion.prediction
-    return lambda fn, key, known=None: discrete.ddpm_sample(
-        fn, schedule, key, p.shape, prediction, p.clip, known=known
+def _score(solve: Callable) -> Callable:
+    """A score sampler solve(score, ...) as a solve(D, ...)."""
+    return lambda d, *args: solve(fr.score_of(d), *args)
+
+
+def _ancestral(eta_of: Callable[[float], float]):
+    return lambda c, eta, frame: (
+        lambda d, x, s, k, known: solvers.ancestral(d, x, s, k, known, eta_of(eta))
     )
 
 
-def _ddim(p: Plan) -> SampleFn:
-    schedule, prediction = build_schedule(p.config), p.config.diffusion.prediction
-    return lambda fn, key, known=None: discrete.ddim_sample(
-        fn, schedule, key, p.shape, p.steps, p.eta, prediction, p.clip, known=known
+def _heun(config, eta, frame) -> Solve:
+    s = config.sample
+    churn = dict(
+        churn=float(s.get("s_churn", 0.0)),
+        t_min=float(s.get("s_tmin", 0.0)),
+        t_max=float(s.get("s_tmax", float("inf"))),
+        noise=float(s.get("s_noise", 1.0)),
     )
+    snap = lambda sigma: fr.snap(frame, sigma)
+    return lambda d, x, sig, k, known: solvers.heun(d, x, sig, k, known, to_level=snap, **churn)
 
 
-def _langevin(p: Plan) -> SampleFn:
-    s, f = p.config.sample, p.config.diffusion
-    init_std, step_size = s.init_std, s.step_size
-    sigma = f.sigma if f.objective == "dsm" else 0.0
+def _pc(corrector: bool):
+    def solver(config, eta, frame) -> Solve:
+        s = config.sample
+        snr, n = float(s.snr), int(s.corrector_steps) if corrector else 0
+        return _score(lambda *a: score_samplers.predictor_corrector(*a, snr=snr, n_corrector=n))
 
-    def go(fn, key, known=None):
-        k_init, k_run = jax.random.split(key)
-        x0 = init_std * jax.random.normal(k_init, p.shape)
-        return score_samplers.langevin(fn, k_run, x0, step_size, p.steps, sigma)
-
-    return go
+    return solver
 
 
-def _als(p: Plan) -> SampleFn:
-    sigmas, eps = ncsn_sigmas(p.config), p.config.sample.langevin_eps
+def _als(config, eta, frame) -> Solve:
+    s = config.sample
+    per, eps = int(s.steps_per_sigma), float(s.als_step)
 
-    def go(fn, key, known=None):
-        # The widest level is close to N(0, sigma_max^2) when sigma_max spans the data.
-        k_init, k_run = jax.random.split(key)
-        x0 = sigmas[0] * jax.random.normal(k_init, p.shape)
-        return score_samplers.annealed_langevin(fn, k_run, x0, sigmas, p.steps, eps)
+    def solve(d, x, sigmas, key, known):
+        score = fr.score_of(d)
+        return score_samplers.annealed_langevin(score, key, x, sigmas[:-1], per, eps, known)
 
-    return go
-
-
-def _denoise_final(config: ml_collections.ConfigDict) -> bool:
-    """pc, em, ode: end on E[x0 | x_eps] (one more evaluation) instead of x_eps."""
-    return bool(config.sample.get("denoise_final", True))
+    return solve
 
 
-def _pc(corrector: bool) -> Callable[[Plan], SampleFn]:
-    def build(p: Plan) -> SampleFn:
-        s, sde = p.config.sample, build_sde(p.config)
-        snr, n_corr, eps = s.snr, s.corrector_steps if corrector else 0, s.get("eps", 1e-3)
-        denoise = _denoise_final(p.config)
-        return lambda fn, key, known=None: score_samplers.pc_sample(
-            sde, fn, key, p.shape, p.steps, snr, n_corr, eps, denoise
-        )[0]
-
-    return build
-
-
-def _ode(p: Plan) -> SampleFn:
-    s, sde = p.config.sample, build_sde(p.config)
-    method, eps = s.ode_method, s.get("eps", 1e-3)
-    if method not in ("rk4", "heun"):
-        raise UserError(f"sample.ode_method={method!r}: use rk4 or heun")
-    denoise = _denoise_final(p.config)
-    return lambda fn, key, known=None: score_samplers.ode_sample(
-        sde, fn, key, p.shape, p.steps, eps, method, denoise
-    )[0]
-
-
-def _grid_ddim(p: GridPlan):
-    """DDIM with p.eta (1: the ancestral DDPM posterior step)."""
-
-    def step(key, x, t, t_prev):
-        out = p.fn(x, jnp.full((p.shape[0],), t))
-        if p.eta > 0:
-            noise = jax.random.normal(jax.random.fold_in(key, t), p.shape)
-        else:
-            noise = jnp.zeros(p.shape)
-        # diffusers' DDIMScheduler keeps the network's eps beside a clipped x0: parity.
-        return discrete.ddim_step(
-            p.schedule,
-            x,
-            t,
-            t_prev,
-            out,
-            noise,
-            p.eta,
-            p.prediction,
-            p.clip,
-            eps_from_clipped=False,
-        )
-
-    return step
-
-
-def _grid_pc(p: GridPlan):
-    """corrector_steps Langevin steps at signal-to-noise snr (score -eps_hat / sqrt(1 -
-    alpha_bar)) before each ancestral step."""
-    ancestral = _grid_ddim(p)
-    score = discrete.eps_score(p.fn, p.schedule, p.prediction)
-
-    def step(key, x, t, t_prev):
-        k_corr = jax.random.fold_in(jax.random.fold_in(key, t), 1)
-        x, _ = score_samplers.langevin_corrector(score, k_corr, x, t, p.snr, p.corrector_steps)
-        return ancestral(key, x, t, t_prev)
-
-    return step
-
-
-def _grid_heun(p: GridPlan):
-    """The probability-flow ODE by Heun's method (2 evaluations a step)."""
-    return lambda key, x, t, t_prev: discrete.heun_step(
-        p.fn, p.schedule, x, t, t_prev, p.prediction
-    )
-
-
-def _ode_per_step(config) -> int:
-    return 4 if config.sample.ode_method == "rk4" else 2
-
-
-def _bounded(config, steps: int) -> int:
-    top = flow.max_steps(config)
-    return steps if top is None else min(steps, top)
-
-
-def _at_least_one(n: int) -> int:
+def _one(n: int) -> int:
     return max(1, int(n))
+
+
+def _corr(c) -> int:
+    return 1 + int(c.sample.corrector_steps)
+
+
+def _levels(c) -> int:
+    """A discrete model's timesteps, else sample.steps: ddpm's default, every level."""
+    return c.diffusion.timesteps if c.diffusion.objective == "ddpm" else c.sample.steps
 
 
 REGISTRY: dict[str, Sampler] = {
     s.name: s
     for s in (
-        Sampler(
-            "ddpm",
-            "discrete",
-            _ddpm,
-            nfe=lambda c, steps: c.diffusion.timesteps,
-            steps_for=lambda c, nfe: c.diffusion.timesteps,
-            default_steps=lambda c: c.diffusion.timesteps,
-            inpaints=True,
-            grid=_grid_ddim,
-            ancestral=True,
-        ),
-        Sampler(
-            "ddim",
-            "discrete",
-            _ddim,
-            nfe=lambda c, steps: steps,
-            steps_for=lambda c, nfe: min(_at_least_one(nfe), c.diffusion.timesteps),
-            max_steps=lambda c: c.diffusion.timesteps,
-            inpaints=True,
-            grid=_grid_ddim,
-        ),
-        Sampler(
-            "langevin",
-            "score",
-            _langevin,
-            nfe=lambda c, steps: steps,
-            steps_for=lambda c, nfe: _at_least_one(nfe),
-        ),
-        Sampler(
-            "als",
-            "score",
-            _als,
-            nfe=lambda c, steps: c.diffusion.num_scales * steps + 1,
-            steps_for=lambda c, nfe: _at_least_one((nfe - 1) // c.diffusion.num_scales),
-            default_steps=lambda c: c.sample.steps_per_sigma,
-        ),
-        Sampler(
-            "pc",
-            "score",
-            _pc(corrector=True),
-            nfe=lambda c, steps: steps * (1 + c.sample.corrector_steps) + _denoise_final(c),
-            steps_for=lambda c, nfe: _at_least_one(
-                (nfe - _denoise_final(c)) // (1 + c.sample.corrector_steps)
-            ),
-            grid=_grid_pc,
-            ancestral=True,
-        ),
-        Sampler(
-            "em",
-            "score",
-            _pc(corrector=False),
-            nfe=lambda c, steps: steps + _denoise_final(c),
-            steps_for=lambda c, nfe: _at_least_one(nfe - _denoise_final(c)),
-        ),
-        Sampler(
-            "ode",
-            "score",
-            _ode,
-            nfe=lambda c, steps: steps * _ode_per_step(c) + _denoise_final(c),
-            steps_for=lambda c, nfe: _at_least_one((nfe - _denoise_final(c)) // _ode_per_step(c)),
-            grid=_grid_heun,
-        ),
-        Sampler(
-            "dpmpp2m",
-            "either",
-            flow.dpmpp2m,
-            nfe=lambda c, steps: steps,
-            steps_for=lambda c, nfe: _bounded(c, _at_least_one(nfe)),
-            max_steps=flow.max_steps,
-            inpaints=True,
-        ),
-        Sampler(
-            "heun",
-            "either",
-            flow.heun,
-            nfe=lambda c, steps: 2 * steps - 1,
-            steps_for=lambda c, nfe: _bounded(c, _at_least_one((nfe + 1) // 2)),
-            max_steps=flow.max_steps,
-            inpaints=True,
-        ),
-        Sampler(
-            "euler",
-            "velocity",
-            flow.euler,
-            nfe=lambda c, steps: steps,
-            steps_for=lambda c, nfe: _at_least_one(nfe),
-            inpaints=True,
-        ),
+        Sampler("ddim", _ancestral(lambda eta: eta), "native",
+                nfe=lambda c, n: n, steps_for=lambda c, b: _one(b)),
+        Sampler("euler", _ancestral(lambda eta: 0.0), "native",
+                nfe=lambda c, n: n, steps_for=lambda c, b: _one(b)),
+        Sampler("ddpm", _ancestral(lambda eta: 1.0), "native",
+                nfe=lambda c, n: n, steps_for=lambda c, b: _one(b), default_steps=_levels),
+        Sampler("heun", _heun, "karras",
+                nfe=lambda c, n: 2 * n - 1, steps_for=lambda c, b: _one((b + 1) // 2)),
+        Sampler("dpmpp2m", lambda c, eta, frame: solvers.dpmpp_2m, "log_snr",
+                nfe=lambda c, n: n, steps_for=lambda c, b: _one(b)),
+        Sampler("pc", _pc(True), "native", points=lambda n: n + 1,
+                nfe=lambda c, n: n * _corr(c) + 1,
+                steps_for=lambda c, b: _one((b - 1) // _corr(c))),
+        Sampler("em", _pc(False), "native", points=lambda n: n + 1,
+                nfe=lambda c, n: n + 1, steps_for=lambda c, b: _one(b - 1)),
+        Sampler("ode", lambda c, eta, frame: _score(score_samplers.probability_flow_rk4), "native",
+                points=lambda n: n + 1,
+                nfe=lambda c, n: 4 * n + 1, steps_for=lambda c, b: _one((b - 1) // 4)),
+        Sampler("als", _als, "native",
+                nfe=lambda c, n: n * c.sample.steps_per_sigma + 1,
+                steps_for=lambda c, b: _one((b - 1) // c.sample.steps_per_sigma),
+                default_steps=lambda c: c.diffusion.num_scales),
     )
-}
+}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Langevin(Sampler):
+    """Langevin dynamics at one noise level: the frame's smallest (dsm: its own sigma; esm, ism,
+    sliced: 0), from N(0, sample.init_std^2), steps of sample.step_size."""
+
+    def sigmas(self, config, frame, steps):
+        return None
+
+    def max_steps(self, config):
+        return None
+
+    def build(self, p: Plan) -> SampleFn:
+        s, f = p.config.sample, p.config.diffusion
+        frame = frames.frame_of(p.config, p.clip)
+        init_std, step = float(s.get("init_std", 1.0)), float(s.get("step_size", 1e-4))
+        sigma = frame.sigma_min if frame else (f.sigma if f.objective == "dsm" else 0.0)
+
+        def sample(fn, key, known=None):
+            if frame is None:  # a score model of one level: fn(x, c [B])
+                score = lambda x, c: fn(x, jax.numpy.full((x.shape[0],), c, x.dtype))
+            else:
+                score = fr.score_of(frame.denoiser(fn))
+            k_init, k_run = jax.random.split(key)
+            x0 = init_std * jax.random.normal(k_init, p.shape)
+            return score_samplers.langevin(score, k_run, x0, step, p.steps, sigma)
+
+        return sample
+
+
+REGISTRY["langevin"] = Langevin(
+    "langevin", None, "none", nfe=lambda c, n: n, steps_for=lambda c, b: _one(b), inpaints=False
+)
 
 
 def get(name: str) -> Sampler:
     """The sampler called name."""
     if name not in REGISTRY:
         raise UserError(f"sampler {name!r} is not known: use one of {', '.join(REGISTRY)}")
-    return REGISTRY[name]
-
-
-GRID_SAMPLERS = tuple(s.name for s in REGISTRY.values() if s.grid is not None)
-
-
-def get_for_grid(name: str) -> Sampler:
-    """The sampler called name, for a pretrained model's timestep grid."""
-    if name not in GRID_SAMPLERS:
-        raise UserError(f"--sampler={name} with --pretrained: use one of {GRID_SAMPLERS}")
     return REGISTRY[name]
 
 
@@ -335,6 +231,11 @@ def check_steps(sampler: Sampler, config: ml_collections.ConfigDict, steps: int)
         )
 
 
+def _bounded(sampler: Sampler, config, steps: int) -> int:
+    top = sampler.max_steps(config)
+    return steps if top is None else min(steps, top)
+
+
 def nfe(config: ml_collections.ConfigDict, name: str, steps: int, guidance: float) -> int:
     """Network evaluations one sample costs (classifier-free guidance doubles them)."""
     return get(name).nfe(config, steps) * (1 if guidance == 1.0 else 2)
@@ -342,4 +243,6 @@ def nfe(config: ml_collections.ConfigDict, name: str, steps: int, guidance: floa
 
 def steps_for_nfe(config: ml_collections.ConfigDict, name: str, budget: int, guidance: float):
     """The step count whose cost is about budget evaluations per sample (guidance included)."""
-    return get(name).steps_for(config, _at_least_one(budget // (1 if guidance == 1.0 else 2)))
+    sampler = get(name)
+    steps = sampler.steps_for(config, _one(budget // (1 if guidance == 1.0 else 2)))
+    return _bounded(sampler, config, steps)

@@ -4,10 +4,12 @@ import ml_collections
 
 
 def solver_settings(s: ml_collections.ConfigDict) -> None:
-    """The sample settings of the SDE samplers' last step and of dpmpp2m and heun, in s."""
-    s.denoise_final = True  # pc, em, ode: end on E[x0 | x_eps] (Tweedie), one more evaluation
-    s.sigma_max = 80.0  # dpmpp2m, heun: start at min(this, the process's largest sigma)
-    s.rho = 7.0  # heun: exponent of the Karras et al. sigma schedule
+    """The sample settings every run shares: where grids start and end, and heun's."""
+    # Every grid starts at min(this, the process's largest sigma) in the EDM frame: above ~80
+    # a unit-scale image is pure noise.
+    s.sigma_start = 80.0
+    s.eps = 1e-3  # SDE and flow objectives: the grid's smallest time t, then one step to t = 0
+    s.rho = 7.0  # heun: exponent of the Karras et al. sigma grid
     s.s_churn = 0.0  # heun: stochastic churn; 0 = the deterministic ODE solver
     s.s_tmin = 0.0  # heun: churn only where s_tmin <= sigma <= s_tmax
     s.s_tmax = float("inf")
@@ -124,18 +126,22 @@ def get_config() -> ml_collections.ConfigDict:
     t.shard_params = False
 
     c.sample = s = ml_collections.ConfigDict()
-    # ddpm objective: ddpm | ddim | dpmpp2m | heun; ncsn: als (annealed Langevin); SDEs: pc | em |
-    # ode | dpmpp2m | heun; edm: heun | dpmpp2m; flow: euler | heun | dpmpp2m. dpmpp2m:
-    # DPM-Solver++ 2M; heun: Karras et al.'s 2nd-order sampler.
+    # Every image objective takes every sampler (jldm.build.samplers): ddim (eta below; 0 is
+    # Euler on the probability-flow ODE, also named euler) | ddpm (ancestral) | heun (Karras et
+    # al.) | dpmpp2m (DPM-Solver++ 2M) | pc (predictor-corrector) | em (Euler-Maruyama) | ode
+    # (RK4) | als (annealed Langevin) | langevin.
     s.sampler = "ddim"
-    s.steps = 50  # ddim, pc, em, ode, dpmpp2m and heun steps
+    # ddim, ddpm, heun, dpmpp2m: grid points; pc, em, ode: steps before the final denoising;
+    # langevin: Langevin steps. (als counts noise levels: diffusion.num_scales.)
+    s.steps = 50
+    s.eta = 0.0  # ddim: 0 deterministic, 1 the ancestral step
     s.snr = 0.16  # pc: Langevin corrector signal-to-noise ratio
-    s.corrector_steps = 1  # pc
-    s.ode_method = "rk4"  # ode: rk4 | heun
-    s.steps_per_sigma = 5  # als
-    s.langevin_eps = 2e-5  # als: step size at sigma_min
-    s.guidance = 2.0
-    s.per_class = 10
-    s.eta = 0.0
+    s.corrector_steps = 1  # pc: corrector steps before each predictor step
+    s.steps_per_sigma = 5  # als: Langevin steps per noise level
+    s.als_step = 0.2  # als: step size / sigma^2 (Song & Ermon's 2e-5 at sigma = 0.01)
+    s.step_size = 1e-4  # langevin: step size, at the process's smallest sigma
+    s.init_std = 1.0  # langevin: chains start from N(0, init_std^2 I)
+    s.guidance = 2.0  # classifier-free guidance scale (1: the conditional model alone)
+    s.per_class = 10  # samples per class of the final grid
     solver_settings(s)
     return c

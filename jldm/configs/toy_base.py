@@ -64,18 +64,17 @@ def get_config() -> ml_collections.ConfigDict:
     e.levels = 10  # SDE objectives: times on a uniform grid over [eps_t, T]
 
     c.sample = s = ml_collections.ConfigDict()
-    # esm/ism/sliced/dsm: langevin; ncsn: als (annealed Langevin); SDEs: pc | em | ode |
-    # dpmpp2m (DPM-Solver++ 2M) | heun (Karras et al.)
+    # esm/ism/sliced/dsm: langevin only (one noise level); ncsn and the SDEs: every sampler of
+    # jldm.build.samplers (ncsn: als by default).
     s.sampler = "langevin"
     s.num = 4000
-    s.steps = 500  # langevin, pc, em, ode, dpmpp2m and heun steps
+    s.steps = 500  # langevin steps; the grid points or steps of the others
     s.step_size = 0.005  # langevin
     s.init_std = 4.0  # langevin: chains start from N(0, init_std^2 I)
     s.steps_per_sigma = 100  # als
-    s.langevin_eps = 2e-4  # als: step size at sigma_min
+    s.als_step = 0.08  # als: step size / sigma^2 (2e-4 at sigma_min = 0.05)
     s.snr = 0.16  # pc corrector
     s.corrector_steps = 1  # pc
-    s.ode_method = "rk4"  # ode: rk4 | heun
-    s.eps = 1e-3  # pc, em and ode: the time sampling stops at
+    s.eta = 0.0  # ddim
     default.solver_settings(s)
     return c

@@ -8,6 +8,7 @@ from jldm.diffusion.likelihood import (
     ode_likelihood,
     sde_flow,
 )
+from jldm.diffusion.odeint import odeint_adaptive, odeint_fixed
 from jldm.diffusion.score_losses import (
     as_score,
     exact_trace,
@@ -22,13 +23,10 @@ from jldm.diffusion.score_losses import (
 )
 from jldm.diffusion.score_samplers import (
     annealed_langevin,
-    euler_maruyama,
     langevin,
     langevin_corrector,
-    ode_sample,
-    odeint_adaptive,
-    odeint_fixed,
-    pc_sample,
+    predictor_corrector,
+    probability_flow_rk4,
 )
 from jldm.diffusion.sde import SDE, VESDE, VPSDE, SubVPSDE
 from jldm.diffusion.toy import GaussianMixture, gaussian_mixture, ring
@@ -64,7 +62,6 @@ __all__ = [
     "bernoulli_log_likelihood",
     "bits_per_dim",
     "dequantize",
-    "euler_maruyama",
     "exact_trace",
     "gaussian_kl",
     "gaussian_log_likelihood",
@@ -83,11 +80,11 @@ __all__ = [
     "make_sde_loss",
     "make_sliced_loss",
     "ode_likelihood",
-    "ode_sample",
     "odeint_adaptive",
     "odeint_fixed",
-    "pc_sample",
     "perceptual_distance",
+    "predictor_corrector",
+    "probability_flow_rk4",
     "reconstruction_loss",
     "ring",
     "sample_probe",

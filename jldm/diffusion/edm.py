@@ -14,10 +14,11 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from jldm.diffusion.frame import Denoiser, Frame
 from jldm.diffusion.likelihood import ProbabilityFlow, normal_logp
 from jldm.diffusion.losses import drop_condition
-from jldm.diffusion.solvers import Denoiser, Frame
 
 # The paper's sampling range; c_noise over it is mapped onto the UNet's time input [0, 999].
 SIGMA_LO, SIGMA_HI = 0.002, 80.0
@@ -104,11 +105,11 @@ def make_edm_loss(
     return loss_fn
 
 
-def edm_frame(sigma_min: float, sigma_max: float, sigma_data: float) -> Frame:
-    """A denoiser model fn(x, sigma [B]) -> D as a solvers.Frame (xbar = x, alpha = 1).
+def edm_frame(sigma_min: float, sigma_max: float, sigma_data: float, rho: float = 7.0) -> Frame:
+    """A denoiser model fn(x, sigma [B]) -> D as a frame.Frame (xbar = x, alpha = 1).
 
     Its prior at sigma is N(0, sigma^2 + sigma_data^2), the marginal of data of variance
-    sigma_data^2.
+    sigma_data^2. Its native grid is Karras et al.'s, sigma^(1/rho) uniform.
     """
 
     def denoiser(fn: Callable) -> Denoiser:
@@ -117,7 +118,11 @@ def edm_frame(sigma_min: float, sigma_max: float, sigma_data: float) -> Frame:
 
         return d
 
-    return Frame(denoiser, float(sigma_min), float(sigma_max), float(sigma_data) ** 2)
+    def native(n: int, start: float) -> np.ndarray:
+        hi, lo = min(start, sigma_max) ** (1 / rho), sigma_min ** (1 / rho)
+        return (hi + np.linspace(0.0, 1.0, n) * (lo - hi)) ** rho
+
+    return Frame(denoiser, float(sigma_min), float(sigma_max), float(sigma_data) ** 2, None, native)
 
 
 def probability_flow(

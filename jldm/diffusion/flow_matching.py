@@ -5,7 +5,7 @@ x_t = (1 - t) x0 + t z, z ~ N(0, I), t in [0, 1]; the network regresses the velo
 v = z - x0, whose conditional mean v(x, t) = E[z - x0 | x_t = x] drives the ODE dx/dt = v from
 the prior N(0, I) at t = 1 to the data at t = 0. Training times are uniform or logit-normal
 (Esser et al. 2024, "Scaling rectified flow transformers": t = sigmoid(m + s n), n ~ N(0, 1)).
-In the EDM frame (jldm.diffusion.solvers) the path has alpha = 1 - t, sigma = t / (1 - t) and
+In the EDM frame (jldm.diffusion.frame) the path has alpha = 1 - t, sigma = t / (1 - t) and
 the denoiser D = x - t v.
 """
 
@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from jldm.diffusion.frame import Denoiser, Frame
 from jldm.diffusion.likelihood import ProbabilityFlow, normal_logp
 from jldm.diffusion.losses import drop_condition
-from jldm.diffusion.samplers import Known
-from jldm.diffusion.solvers import Denoiser, Frame
 
 # velocity(x [B,...], t [B]) -> v [B,...]
 Velocity = Callable[[jax.Array, jax.Array], jax.Array]
@@ -82,93 +82,16 @@ def make_flow_loss(
     return loss_fn
 
 
-def time_grid(steps: int) -> jax.Array:
-    """steps uniform steps from t = 1 to t = 0. -> [steps + 1] float32."""
-    return jnp.linspace(1.0, 0.0, steps + 1, dtype=jnp.float32)
-
-
-def paste(x: jax.Array, known: Known | None, t: jax.Array, key: jax.Array) -> jax.Array:
-    """Inpainting: the known region x0 brought to time t, (1 - t) x0 + t z, put back."""
-    if known is None:
-        return x
-    x0, mask = known
-    noised = (1.0 - t) * x0 + t * jax.random.normal(key, x.shape, x.dtype)
-    return mask * noised + (1.0 - mask) * x
-
-
 def _batch_t(x: jax.Array, t: jax.Array) -> jax.Array:
     return jnp.full((x.shape[0],), t, x.dtype)
 
 
-def _time_scan(
-    step: Callable, x: jax.Array, ts, key: jax.Array | None, known: Known | None
-) -> jax.Array:
-    """x carried over ts [N+1] by x = step(x, i, t_i, t_i+1) in one lax.scan, the known pixels
-    pasted back after each step (noised to t_i+1 from fold_in(key, i))."""
-    ts = jnp.asarray(ts, x.dtype)
-    key = jax.random.PRNGKey(0) if key is None else key
-
-    def body(x, inp):
-        i, t, t_next = inp
-        x = step(x, i, t, t_next)
-        return paste(x, known, t_next, jax.random.fold_in(key, i)), None
-
-    x, _ = jax.lax.scan(body, x, (jnp.arange(ts.shape[0] - 1), ts[:-1], ts[1:]))
-    return x
-
-
-def euler(
-    velocity: Velocity,
-    x: jax.Array,
-    ts: jax.Array,
-    key: jax.Array | None = None,
-    known: Known | None = None,
-) -> jax.Array:
-    """Euler's method on dx/dt = v over ts [N+1] (descending, 1 -> 0), from x = x(ts[0]).
-
-    N evaluations, one lax.scan. key: the inpainting noise. -> x(ts[-1]) [B,...].
-    """
-
-    def step(x, i, t, t_next):
-        return x + (t_next - t) * velocity(x, _batch_t(x, t))
-
-    return _time_scan(step, x, ts, key, known)
-
-
-def heun(
-    velocity: Velocity,
-    x: jax.Array,
-    ts: jax.Array,
-    key: jax.Array | None = None,
-    known: Known | None = None,
-) -> jax.Array:
-    """Heun's method (explicit trapezoid) on dx/dt = v over ts [N+1], 1 -> 0.
-
-    Every step but the last averages the slopes at both ends; the last stays Euler, as in
-    Karras et al.'s Heun sampler, so it costs 2N - 1 evaluations and keeps second order (one
-    step's O(h^2) error). One lax.scan. -> x(ts[-1]) [B,...].
-    """
-    n = len(ts) - 1
-
-    def step(x, i, t, t_next):
-        h = t_next - t
-        slope = velocity(x, _batch_t(x, t))
-        x_euler = x + h * slope
-        last = i == n - 1
-        # The last step skips the second evaluation (a cond, not a select, so it is not run).
-        slope_next = jax.lax.cond(
-            last, lambda: slope, lambda: velocity(x_euler, _batch_t(x, t_next))
-        )
-        return x + 0.5 * h * (slope + slope_next)
-
-    return _time_scan(step, x, ts, key, known)
-
-
 def flow_frame(eps: float = 1e-3) -> Frame:
-    """A velocity model fn(x, t [B]) -> v as a solvers.Frame over t in [eps, 1 - eps].
+    """A velocity model fn(x, t [B]) -> v as a frame.Frame over t in [eps, 1 - eps].
 
     xbar = x / (1 - t), sigma = t / (1 - t), D = x - t v; the prior at sigma is N(0, sigma^2 +
-    1), the marginal of unit-variance data (N(0, I) at t = 1).
+    1), the marginal of unit-variance data (N(0, I) at t = 1). Its native grid is uniform in t,
+    on which the frame's Euler step is Euler's method on dx/dt = v.
     """
 
     def denoiser(fn: Callable) -> Denoiser:
@@ -179,7 +102,11 @@ def flow_frame(eps: float = 1e-3) -> Frame:
 
         return d
 
-    return Frame(denoiser, eps / (1.0 - eps), (1.0 - eps) / eps, 1.0)
+    def native(n: int, hi: float) -> np.ndarray:
+        t = np.linspace(min(hi / (1.0 + hi), 1.0 - eps), eps, n)
+        return t / (1.0 - t)
+
+    return Frame(denoiser, eps / (1.0 - eps), (1.0 - eps) / eps, 1.0, None, native)
 
 
 def probability_flow(velocity: Velocity) -> ProbabilityFlow:

@@ -18,8 +18,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jldm.diffusion.odeint import odeint_adaptive, odeint_fixed
 from jldm.diffusion.score_losses import exact_trace, sample_probe
-from jldm.diffusion.score_samplers import odeint_adaptive, odeint_fixed
 from jldm.diffusion.sde import SDE
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]

@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jldm.build.flow import likelihood_flow
+from jldm.build.frames import likelihood_flow
 from jldm.build.model import is_latent, null_condition, sr_factor
 from jldm.build.noise import build_schedule
 from jldm.build.objectives import make_net
@@ -84,7 +84,7 @@ def bits_per_dim(
 
     ODE objectives ("ode": the SDEs, edm, flow): uniform dequantisation, one Rademacher probe
     per image, the probability-flow ODE from the data to the prior
-    (jldm.build.flow.likelihood_flow) solved adaptively to rtol = atol = tol (at most max_steps
+    (jldm.build.frames.likelihood_flow) solved adaptively to rtol = atol = tol (at most max_steps
     step attempts per image, else a UserError), or by `steps` fixed RK4 steps.
     ddpm ("vlb"): the variational bound with the fixed reverse variance `variance` (small:
     beta~_t, large: beta_t), summed over all T terms (terms None) or estimated from `terms`

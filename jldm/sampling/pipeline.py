@@ -15,7 +15,7 @@ import numpy as np
 from jldm.build import objectives
 from jldm.build import samplers as registry
 from jldm.build.model import model_shape, sr_factor, upsample
-from jldm.diffusion.samplers import classifier_free_guidance
+from jldm.diffusion.guidance import classifier_free_guidance
 from jldm.errors import UserError
 from jldm.runs.load import Loaded
 from jldm.sampling.run import conditions, decode, encode_images, null_conditions

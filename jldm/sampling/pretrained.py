@@ -16,10 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jldm.build import samplers
+from jldm.configs.default import get_config
 from jldm.convert.folder import component_dir
 from jldm.convert.pipeline import Pretrained, load_pretrained
 from jldm.convert.scheduler import inference_pairs
-from jldm.diffusion.samplers import classifier_free_guidance
+from jldm.diffusion.frame import discrete_frame
+from jldm.diffusion.guidance import classifier_free_guidance
 from jldm.errors import UserError
 
 
@@ -73,6 +75,19 @@ def default_compute_dtype() -> jnp.dtype:
     return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu", "cuda", "rocm") else jnp.float32
 
 
+# The samplers that walk diffusers' DDIM timestep grid one pair (t, t_prev) at a time; those
+# that draw noise end on alpha_bar = 1 (the clean estimate), as diffusers' DDPM does.
+GRID_SAMPLERS = ("ddim", "euler", "ddpm", "heun", "pc", "em", "ode")
+_TO_CLEAN = ("ddpm", "pc", "em")
+
+
+def grid_sampler(name: str):
+    """The registered sampler called name, refused unless it can walk the pretrained grid."""
+    if name not in GRID_SAMPLERS:
+        raise UserError(f"--sampler={name} with --pretrained: use one of {GRID_SAMPLERS}")
+    return samplers.get(name)
+
+
 def make_text_to_image(
     pipe: Pretrained,
     batch: int,
@@ -89,13 +104,15 @@ def make_text_to_image(
     """Jitted (params, ids [B,L], null_ids [B,L], key, x_T) -> images [B,H,W,C] in [0, 1].
 
     x_T: [B, H/f, W/f, latent channels], the starting latents (see initial_latents); key draws
-    the ancestral noise. Every sampler walks diffusers' DDIM timestep grid:
-    ddim: DDIM with eta; ddpm: ancestral sampling (DDIM with eta = 1 and alpha_bar = 1 after
-    the last step, which is the DDPM posterior); pc: corrector_steps Langevin steps at signal-
-    to-noise snr (score -eps_hat / sqrt(1 - alpha_bar)) before each ancestral step; ode: the
-    probability-flow ODE by Heun's method (see heun_step), 2 evaluations a step.
+    the samplers' noise. Each step (t, t_prev) of diffusers' DDIM timestep grid runs the
+    registered sampler (jldm.build.samplers) over the two sigmas of t and t_prev in the EDM
+    frame of the folder's schedule, x rescaled to each side's alpha_bar as diffusers does: ddim
+    is DDIM with eta (diffusers' DDIMScheduler; a clipped x0 gives its noise estimate, as
+    use_clipped_model_output=True), ddpm its ancestral step (eta = 1), heun and ode the
+    probability-flow ODE by Heun's method and RK4, pc and em the reverse SDE (pc with
+    corrector_steps Langevin steps at signal-to-noise snr).
     """
-    chosen = samplers.get_for_grid(sampler)
+    chosen = grid_sampler(sampler)
     f = pipe.vae.factor
     # The UNet halves the latents once per level but the last and has no resizing of its own.
     multiple = f * 2 ** (len(pipe.unet.model.channel_mult) - 1)
@@ -104,9 +121,14 @@ def make_text_to_image(
             f"--height={height} --width={width}: both must be positive multiples of {multiple}"
         )
     sched = pipe.scheduler
-    pairs = inference_pairs(sched, steps, alpha_one_at_end=chosen.ancestral)
-    eta = 1.0 if chosen.ancestral else eta
-    shape = (batch, height // f, width // f, pipe.unet.in_channels)
+    pairs = inference_pairs(sched, steps, alpha_one_at_end=True if sampler in _TO_CLEAN else None)
+    frame = discrete_frame(sched.schedule, sched.prediction, sched.clip_sample)
+    abar = np.append(np.asarray(sched.schedule.alphas_cumprod, np.float64), 1.0)  # [-1]: 1
+    scales = np.sqrt(abar[pairs])  # x = sqrt(abar) xbar at t and t_prev
+    sigmas = np.sqrt(1.0 / abar[pairs] - 1.0)
+    settings = get_config()
+    settings.sample.update(snr=snr, corrector_steps=corrector_steps)
+    solve = chosen.solver(settings, eta, frame)
     unet, vae, text = pipe.unet.model, pipe.vae.model, pipe.text_encoder
     scale = pipe.vae.scaling_factor
 
@@ -114,21 +136,15 @@ def make_text_to_image(
         encode = lambda i: text.apply({"params": params["text_encoder"]}, i).last_hidden_state
         ctx, null = encode(ids), encode(null_ids)
         apply_fn = lambda x, t, c: unet.apply({"params": params["unet"]}, x, t, c)
-        model_fn = classifier_free_guidance(apply_fn, ctx, null, guidance)
-        plan = samplers.GridPlan(
-            model_fn,
-            sched.schedule,
-            sched.prediction,
-            sched.clip_sample,
-            shape,
-            eta,
-            snr,
-            corrector_steps,
-        )
-        step = chosen.grid(plan)
-        x, _ = jax.lax.scan(
-            lambda x, tt: (step(key, x, tt[0], tt[1]), None), x_T, jnp.asarray(pairs)
-        )
+        d = frame.denoiser(classifier_free_guidance(apply_fn, ctx, null, guidance))
+
+        def step(x, inp):
+            i, (s_t, s_prev), (a_t, a_prev) = inp
+            xbar = solve(d, x / a_t, jnp.stack([s_t, s_prev]), jax.random.fold_in(key, i), None)
+            return xbar * a_prev, None
+
+        inputs = (jnp.arange(len(pairs)), jnp.asarray(sigmas, jnp.float32))
+        x, _ = jax.lax.scan(step, x_T, (*inputs, jnp.asarray(scales, jnp.float32)))
         images = vae.apply({"params": params["vae"]}, x / scale, method=vae.decode)
         return jnp.clip(images / 2 + 0.5, 0.0, 1.0)
 
@@ -212,7 +228,7 @@ def sample_pretrained(
 
     # Mistakes that need no weights are reported before the (slow) load.
     sampler, steps = options.get("sampler", "ddim"), options.get("steps", 50)
-    samplers.get_for_grid(sampler)
+    grid_sampler(sampler)
     if steps < 1:
         raise UserError(f"--steps={steps} must be >= 1")
     if not prompts:

@@ -37,16 +37,16 @@ flags.DEFINE_list(
 flags.DEFINE_string(
     "sampler",
     None,
-    "Sampler (default: config.sample.sampler): ddpm|ddim|dpmpp2m|heun for DDPM runs, als "
-    "(annealed Langevin) for NCSN runs, pc|em|ode|dpmpp2m|heun for SDE runs "
-    "(jldm.build.objectives.REGISTRY says which objective takes which); ddim|ddpm|pc|ode with "
+    "Sampler (default: config.sample.sampler): ddim|euler|ddpm|heun|dpmpp2m|pc|em|ode|als|"
+    "langevin, every one on every image objective; ddim|euler|ddpm|heun|pc|em|ode with "
     "--pretrained.",
     flag_values=FLAGS,
 )
 flags.DEFINE_integer(
     "steps",
     None,
-    "Sampler steps: ddim/pc/em/ode steps, als steps per noise level (default: the config's).",
+    "Sampler steps: grid points (ddim, ddpm, heun, dpmpp2m), steps before the final denoising "
+    "(pc, em, ode), noise levels (als) (default: the config's).",
     flag_values=FLAGS,
 )
 flags.DEFINE_float(

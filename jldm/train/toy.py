@@ -79,7 +79,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     objectives.get(config, toy=True)
     sampler = sampler_registry.get(s.sampler)
     sampler_registry.check_steps(sampler, config, sampler.default_steps(config))
-    for name, used in (("step_size", "langevin"), ("langevin_eps", "als")):
+    for name, used in (("step_size", "langevin"), ("als_step", "als")):
         if s.sampler == used:
             _positive(f"sample.{name}", s[name])
 
