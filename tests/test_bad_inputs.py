@@ -87,7 +87,7 @@ CASES = [
     ("sample-workdir-missing", ["sample.py", "--workdir", f"{T}/nope"], ["does not exist"]),
     ("sample-workdir-not-a-run", ["sample.py", "--workdir", T], ["config.json"]),
     ("sample-step-missing", _sample("--step", "3"), ["step 3"]),
-    ("sample-bad-sampler", _sample("--sampler", "euler"), ["sampler"]),
+    ("sample-bad-sampler", _sample("--sampler", "rk45"), ["rk45", "not known"]),
     ("sample-class-out-of-range", _sample("--classes", "12"), ["classes"]),
     ("sample-steps-too-many", _sample("--steps", "5000"), ["steps=5000"]),
     ("sample-negative-num", _sample("--num", "-1"), ["num"]),
