@@ -185,7 +185,7 @@ def grid_rows(run: api.Loaded, budgets: list[int], per_class: int, guidance, see
     g = config.sample.guidance if guidance is None else guidance
     rows = []
     for sampler in [
-        n for n in objectives.samplers_of(objectives.get(config)) if not only or n in only
+        n for n in samplers.samplers_of(objectives.get(config)) if not only or n in only
     ]:
         steps = {samplers.steps_for_nfe(config, sampler, b, g) for b in budgets}
         for n in sorted(n for n in steps if samplers.nfe(config, sampler, n, g) <= max(budgets)):

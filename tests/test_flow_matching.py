@@ -241,7 +241,7 @@ def test_digits_flow_config_and_bad_settings():
     with pytest.raises(UserError, match="logit_std"):
         check_config(_config(**{"diffusion.logit_std": 0.0}))
     # Every sampler applies to the flow, heun's churn included (it renoises in the EDM frame).
-    assert objectives.samplers_of(objectives.get(_config())) == tuple(registry.REGISTRY)
+    assert registry.samplers_of(objectives.get(_config())) == tuple(registry.REGISTRY)
     key = jax.random.PRNGKey(10)
     plain = _sample("heun", 16, exact_v, (2000, 1), key)
     churned = _sample("heun", 16, exact_v, (2000, 1), key, **{"sample.s_churn": 1.0})

@@ -36,16 +36,15 @@ def _env() -> dict:
     return dict(os.environ, JAX_PLATFORMS="cpu")
 
 
+def _python(args: list[str], cwd, timeout: int) -> subprocess.CompletedProcess:
+    """A fresh Python on args, its output captured."""
+    run = dict(capture_output=True, text=True, env=_env(), cwd=cwd, timeout=timeout)
+    return subprocess.run([sys.executable, *args], **run)
+
+
 def test_importing_every_module_defines_no_flag_and_prints_nothing(tmp_path):
     report = tmp_path / "flags.json"
-    done = subprocess.run(
-        [sys.executable, "-c", _IMPORT_EVERYTHING, str(report)],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        cwd=tmp_path,
-        timeout=300,
-    )
+    done = _python(["-c", _IMPORT_EVERYTHING, str(report)], tmp_path, 300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout == ""
     seen = json.loads(report.read_text())
@@ -94,14 +93,7 @@ def test_an_absl_program_with_its_own_flags_calls_jldm_train(tmp_path):
     workdir = tmp_path / "run"
     # 8: the tiny config's own batch, so the train step other tests compiled serves here too.
     argv = [str(program), "--batch_size=8", "--seed=3", f"--data_dir={tmp_path / 'tfds'}"]
-    done = subprocess.run(
-        [sys.executable, *argv, f"--workdir={workdir}"],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        cwd=tmp_path,
-        timeout=600,
-    )
+    done = _python([*argv, f"--workdir={workdir}"], tmp_path, 600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "4" in os.listdir(workdir / "checkpoints")  # tiny_config's train.steps
     config = json.loads((workdir / "config.json").read_text())

@@ -10,7 +10,7 @@ import pytest
 
 from jldm import api
 from jldm.api import train as run
-from jldm.build import objectives
+from jldm.build import objectives, samplers
 from jldm.build.noise import build_sde, ncsn_sigmas, noise_coefs
 from jldm.build.objectives import build_loss
 from jldm.errors import UserError
@@ -19,7 +19,7 @@ from tests.tiny import tiny_config
 
 def _config(objective, **kw):
     known = objectives.REGISTRY.get(objective)
-    sampler = objectives.samplers_of(known)[0] if known else "ddim"
+    sampler = samplers.samplers_of(known)[0] if known else "ddim"
     over = {"diffusion.objective": objective, "sample.sampler": sampler, **kw}
     return tiny_config("/unused", **over)
 
@@ -118,7 +118,7 @@ def test_mismatched_objective_and_sampler_are_user_errors():
     # takes langevin only, and says why.
     build_loss(_config("vesde", **{"sample.sampler": "ddim"}), None)
     with pytest.raises(UserError, match="does not apply.*one noise level"):
-        objectives.check_sampler(objectives.REGISTRY["dsm"], "ddim")
+        samplers.check_sampler(objectives.REGISTRY["dsm"], "ddim")
     with pytest.raises(UserError, match="is not known"):
         build_loss(_config("vesde", **{"sample.sampler": "rk45"}), None)
     with pytest.raises(UserError, match="energy"):
@@ -134,12 +134,12 @@ def runs(tmp_path_factory):
     """Tiny NCSN (score), VP SDE (energy) and DDPM (T = 20) runs trained through the loop."""
     root = tmp_path_factory.mktemp("objectives")
     data_dir, workdirs = str(root / "tfds"), {}
-    for objective, (parameterization, samplers) in {**_RUNS, **_DDPM}.items():
+    for objective, (parameterization, names) in {**_RUNS, **_DDPM}.items():
         over = {
             "diffusion.objective": objective,
             "diffusion.parameterization": parameterization,
             "diffusion.num_scales": 3,
-            "sample.sampler": samplers[0],
+            "sample.sampler": names[0],
             "sample.steps_per_sigma": 2,
             "diffusion.timesteps": 20,
         }

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jldm.build import objectives
+from jldm.build import objectives, samplers
 from jldm.build.ranges import check_config
 from jldm.diffusion import weighting
 from jldm.diffusion.losses import make_ddpm_loss
@@ -210,7 +210,7 @@ def test_likelihood_loss_is_the_negative_elbo_up_to_a_model_free_constant(estima
 
 def _config(objective, **diffusion):
     known = objectives.REGISTRY[objective]
-    over = {"diffusion.objective": objective, "sample.sampler": objectives.samplers_of(known)[0]}
+    over = {"diffusion.objective": objective, "sample.sampler": samplers.samplers_of(known)[0]}
     over.update({f"diffusion.{k}": v for k, v in diffusion.items()})
     return tiny_config("/unused", **over)
 

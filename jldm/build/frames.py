@@ -30,7 +30,7 @@ def frame_of(config: ml_collections.ConfigDict, clip: bool = False) -> fr.Frame 
     if f.objective == "ddpm":
         return fr.discrete_frame(build_schedule(config), f.prediction, clip)
     if f.objective == "ncsn":
-        return fr.ncsn_frame(f.sigma_min, f.sigma_max, f.num_scales)
+        return fr.ncsn_frame(f.sigma_min, f.sigma_max)
     if f.objective == "edm":
         return edm.edm_frame(f.sigma_min, f.sigma_max, f.sigma_data)
     if f.objective == "flow":

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jldm.build import noise
+from jldm.build import noise, samplers
 from jldm.build.model import downsample, null_condition, sr_factor, upsample
 from jldm.build.noise import build_schedule, build_sde, ncsn_sigmas, noise_coefs
 from jldm.diffusion import edm, flow_matching, score_losses, weighting
@@ -127,8 +127,6 @@ def _flow_loss(config, model, null) -> Callable:
     )
 
 
-# The toy objectives that learn the score of one noise level (or of the clean data) have no
-# process from noise to data to run along.
 _ONE_LEVEL = "learns the score at one noise level only, so it has no process to sample along"
 _SNR = ("default", "min_snr")
 _SDE = (*_SNR, "likelihood")
@@ -166,27 +164,8 @@ def get(config: ml_collections.ConfigDict, toy: bool = False) -> Objective:
         raise UserError(f"diffusion.parameterization={f.parameterization!r}: use score or energy")
     objective.check(f)
     noise.check_weighting(objective.name, objective.weightings, f)
-    check_sampler(objective, config.sample.sampler, "sample.sampler")
+    samplers.check_sampler(objective, config.sample.sampler, "sample.sampler")
     return objective
-
-
-def samplers_of(objective: Objective) -> tuple[str, ...]:
-    """The samplers the objective takes: every registered one, or langevin alone."""
-    from jldm.build.samplers import REGISTRY
-
-    return ("langevin",) if objective.cannot else tuple(REGISTRY)
-
-
-def check_sampler(objective: Objective, sampler: str, what: str = "sampler") -> None:
-    """The sampler must be a known one the objective can take."""
-    from jldm.build.samplers import get
-
-    get(sampler)
-    if sampler not in samplers_of(objective):
-        raise UserError(
-            f"{what} {sampler!r} does not apply to objective {objective.name!r}: it "
-            f"{objective.cannot}; use langevin"
-        )
 
 
 def make_score_net(config: ml_collections.ConfigDict, model) -> ScoreNet:

@@ -220,6 +220,21 @@ def get(name: str) -> Sampler:
     return REGISTRY[name]
 
 
+def samplers_of(objective) -> tuple[str, ...]:
+    """The samplers an objectives.Objective takes: every registered one, or langevin alone."""
+    return ("langevin",) if objective.cannot else tuple(REGISTRY)
+
+
+def check_sampler(objective, sampler: str, what: str = "sampler") -> None:
+    """The sampler must be a known one the objective can take."""
+    get(sampler)  # an unknown name first
+    if sampler not in samplers_of(objective):
+        raise UserError(
+            f"{what} {sampler!r} does not apply to objective {objective.name!r}: it "
+            f"{objective.cannot}; use langevin"
+        )
+
+
 def check_steps(sampler: Sampler, config: ml_collections.ConfigDict, steps: int) -> None:
     """steps must be >= 1 and within the sampler's bound."""
     top = sampler.max_steps(config)

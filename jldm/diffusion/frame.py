@@ -63,9 +63,10 @@ def _nearest(levels: np.ndarray, sigma: jax.Array) -> jax.Array:
     return jnp.argmin(d, axis=-1).astype(jnp.int32)
 
 
-def geometric(hi: float, lo: float, n: int) -> np.ndarray:
-    """n sigmas from hi down to lo, uniform in log sigma. -> [n] float64."""
-    return np.exp(np.linspace(np.log(hi), np.log(lo), n))
+def level_index(levels: np.ndarray, sigmas) -> np.ndarray:
+    """Index of the level nearest each sigma in log space, on the host (grids are built before
+    tracing). sigmas: float or [N] -> int, same shape."""
+    return np.abs(np.log(levels) - np.log(np.asarray(sigmas))[..., None]).argmin(-1)
 
 
 def discrete_frame(schedule: Schedule, prediction: str, clip: bool) -> Frame:
@@ -86,8 +87,7 @@ def discrete_frame(schedule: Schedule, prediction: str, clip: bool) -> Frame:
         return d
 
     def native(n: int, hi: float) -> np.ndarray:
-        top = int(np.abs(np.log(levels) - np.log(hi)).argmin())
-        return levels[np.linspace(top, 0, n).round().astype(np.int64)]
+        return levels[np.linspace(level_index(levels, hi), 0, n).round().astype(np.int64)]
 
     # x_T ~ N(0, I) is xbar ~ N(0, 1 / abar_T) = N(0, sigma_T^2 + 1).
     return Frame(denoiser, float(levels[0]), float(levels[-1]), 1.0, levels, native)
@@ -120,11 +120,12 @@ def sde_frame(sde: SDE, eps: float) -> Frame:
     return Frame(denoiser, float(sigma(eps)), float(sigma(sde.T)), data_var, None, native)
 
 
-def ncsn_frame(sigma_min: float, sigma_max: float, num_scales: int) -> Frame:
+def ncsn_frame(sigma_min: float, sigma_max: float) -> Frame:
     """A score model fn(x, sigma [B]) -> grad_x log p_sigma of x = x0 + sigma n (NCSN, alpha = 1)
-    trained on num_scales levels geometric in [sigma_min, sigma_max]; its native grid is
-    geometric. D = x + sigma^2 s. The prior at sigma_max is N(0, sigma_max^2), the ladder's
-    assumption that sigma_max spans the data."""
+    trained on a geometric ladder in [sigma_min, sigma_max]; its native grid is geometric, and
+    it takes any sigma of the range (its noise input is continuous). D = x + sigma^2 s. The
+    prior at sigma_max is N(0, sigma_max^2), the ladder's assumption that sigma_max spans the
+    data."""
 
     def denoiser(fn: Callable) -> Denoiser:
         def d(xbar: jax.Array, sigma: jax.Array) -> jax.Array:
@@ -133,8 +134,7 @@ def ncsn_frame(sigma_min: float, sigma_max: float, num_scales: int) -> Frame:
 
         return d
 
-    del num_scales  # the network takes any sigma of the range (a continuous embedding)
-    native = lambda n, hi: geometric(hi, sigma_min, n)
+    native = lambda n, hi: np.geomspace(hi, sigma_min, n)
     return Frame(denoiser, float(sigma_min), float(sigma_max), 0.0, None, native)
 
 
@@ -142,7 +142,7 @@ def native_sigmas(frame: Frame, n: int, start: float) -> np.ndarray:
     """The objective's own grid of n sigmas from start (geometric where it has none), on its
     levels."""
     if frame.native is None:
-        return on_levels(frame, geometric(start, frame.sigma_min, n))
+        return on_levels(frame, np.geomspace(start, frame.sigma_min, n))
     return on_levels(frame, frame.native(n, start))
 
 
@@ -155,7 +155,7 @@ def start_sigma(frame: Frame, cap: float) -> float:
     top = min(frame.sigma_max, cap)
     if frame.levels is None:
         return top
-    return float(frame.levels[np.abs(np.log(frame.levels) - np.log(top)).argmin()])
+    return float(frame.levels[level_index(frame.levels, top)])
 
 
 def prior(frame: Frame, key: jax.Array, shape: tuple[int, ...], sigma: float) -> jax.Array:
@@ -173,7 +173,7 @@ def on_levels(frame: Frame, sigmas: np.ndarray) -> np.ndarray:
     if frame.levels is None:
         return np.asarray(sigmas, np.float64)
     n = len(sigmas)
-    idx = np.abs(np.log(frame.levels)[None] - np.log(sigmas)[:, None]).argmin(-1)
+    idx = level_index(frame.levels, sigmas)
     if n > idx[0] + 1:
         raise ValueError(f"{n} steps need more than the model's levels up to {sigmas[0]:.3g}")
     # Each index within reach of distinct ones on both sides, then strictly decreasing.
@@ -191,7 +191,7 @@ def with_zero(sigmas: np.ndarray) -> np.ndarray:
 def log_snr_sigmas(frame: Frame, steps: int, start: float) -> np.ndarray:
     """`steps` sigmas uniform in log-SNR (log sigma) from start to sigma_min, then 0 (Lu et al.'s
     grid for low-resolution data). -> [steps + 1]."""
-    return with_zero(on_levels(frame, geometric(start, frame.sigma_min, steps)))
+    return with_zero(on_levels(frame, np.geomspace(start, frame.sigma_min, steps)))
 
 
 def karras_sigmas(frame: Frame, steps: int, start: float, rho: float = 7.0) -> np.ndarray:

@@ -47,11 +47,6 @@ def ancestral(
     return scan_grid(step, xbar, sigmas, key, known)[0]
 
 
-def euler(denoise: Denoiser, xbar: jax.Array, sigmas: jax.Array, key=None, known=None):
-    """Euler on d xbar / d sigma = (xbar - D) / sigma (DDIM with eta = 0). -> x0 [B,...]."""
-    return ancestral(denoise, xbar, sigmas, key, known, 0.0)
-
-
 def dpmpp_2m(
     denoise: Denoiser,
     xbar: jax.Array,

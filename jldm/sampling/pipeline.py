@@ -40,7 +40,7 @@ class Generator:
 
 def _objective_and_sampler(run: Loaded, sampler: str, steps: int):
     objective = objectives.REGISTRY[run.config.diffusion.objective]
-    objectives.check_sampler(objective, sampler)
+    registry.check_sampler(objective, sampler)
     chosen = registry.get(sampler)
     registry.check_steps(chosen, run.config, steps)
     return objective, chosen
