@@ -95,32 +95,26 @@ def convert(root: str) -> None:
 
 def speed_jldm(root: str, batch: int, steps: int, size: int, guidance: float) -> float:
     import jax
-    import numpy as np
 
-    from jldm.convert.pipeline import load_pretrained
-    from jldm.sampling.pretrained import (
-        default_compute_dtype,
-        initial_latents,
-        load_tokenizer,
-        make_text_to_image,
-        token_length,
-    )
+    from jldm.runs.pretrained import default_compute_dtype, load_pretrained_run
+    from jldm.sampling.pipeline import make_generator
+    from jldm.sampling.run import conditions
 
     dtype = default_compute_dtype()
-    pipe = load_pretrained(root, dtype=dtype)
-    tok = load_tokenizer(root)
-    n = token_length(tok, pipe)
-    ids = np.asarray(tok([PROMPT] * batch, padding="max_length", max_length=n)["input_ids"])
-    null = np.asarray(tok([""] * batch, padding="max_length", max_length=n)["input_ids"])
-    go = make_text_to_image(pipe, batch, size, size, steps=steps, guidance=guidance)
+    run = load_pretrained_run(root, dtype=dtype)
+    ids = conditions(run, prompts=[PROMPT] * batch)
+    null = conditions(run, prompts=[""] * batch)
+    gen = make_generator(
+        run, ids, sampler="ddim", steps=steps, guidance=guidance, null=null, size=(size, size)
+    )
     key = jax.random.PRNGKey(0)
-    x_T = initial_latents(pipe, key, batch, size, size)
+    go, args = gen.fn, gen.args(key)
     t0 = time.perf_counter()
-    compiled = go.lower(pipe.params, ids, null, key, x_T).compile()
+    compiled = go.lower(*args).compile()
     print(f"jldm compile: {time.perf_counter() - t0:.1f} s ({jax.numpy.dtype(dtype).name})")
-    compiled(pipe.params, ids, null, key, x_T).block_until_ready()  # warm-up
+    compiled(*args).block_until_ready()  # warm-up
     t0 = time.perf_counter()
-    compiled(pipe.params, ids, null, key, x_T).block_until_ready()
+    compiled(*args).block_until_ready()
     per = (time.perf_counter() - t0) / batch
     print(f"jldm: {per:.3f} s/image ({batch} x {size}^2, {steps} DDIM steps, cfg {guidance})")
     return per

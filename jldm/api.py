@@ -7,11 +7,9 @@ images = jldm.generate(run, labels=[3, 3, 7])    # [3, H, W, C] floats in [0, 1]
 bpd = jldm.bits_per_dim(run, test_u8)            # [N], SDE objectives and VAEs
 z = jldm.api.encode(run, images, labels=[3, 3, 7])  # VAE: posterior means; LDM: scaled latents
 x = jldm.api.decode(run, z, labels=[3, 3, 7])    # back to images in [0, 1]
-sd = jldm.load_pretrained("stable-diffusion-v1-5")
-images = jldm.text_to_image(sd, ["a red bicycle"], steps=30)
+sd = jldm.load_pretrained("stable-diffusion-v1-5")  # a run like any other
+images = jldm.generate(sd, prompts=["a red bicycle"], steps=30, sampler="dpmpp2m")
 """
-
-from typing import TYPE_CHECKING
 
 import jax
 import ml_collections
@@ -26,9 +24,6 @@ from jldm.sampling.likelihood import bits_per_dim as ode_bits_per_dim
 from jldm.sampling.pipeline import Generator
 from jldm.sampling.run import conditions, encode_images
 from jldm.sampling.vae_likelihood import vae_bits_per_dim
-
-if TYPE_CHECKING:
-    from jldm.convert.pipeline import Pretrained
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = False) -> bool:
@@ -50,8 +45,8 @@ def load(workdir: str, step: int | None = None, *, ema: bool = True) -> Loaded:
 def generate(run: Loaded, **options) -> np.ndarray:
     """Samples of a trained run -> images [N, H, W, C] in [0, 1] (uint8=True: 8-bit).
 
-    Diffusion runs: labels or prompts, sampler, steps, guidance, eta, seed, known, low_res (see
-    jldm.sampling.pipeline.generate). VAE runs: decodes of z ~ N(0, I) for labels (or num, for
+    Diffusion runs (and load_pretrained's): labels or prompts, negative_prompts, sampler, steps,
+    guidance, eta, seed, known, low_res, size (see jldm.sampling.pipeline.generate). VAE runs: decodes of z ~ N(0, I) for labels (or num, for
     an unconditional VAE), seed, temperature (see jldm.sampling.vae.generate).
     """
     if is_vae(run.config):
@@ -115,27 +110,28 @@ def decode(run: Loaded, latents: np.ndarray, *, labels=None) -> np.ndarray:
     )
 
 
-def load_pretrained(root: str, *, cache: str | bool = True, dtype=None) -> "Pretrained":
-    """A diffusers Stable Diffusion folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/).
+def load_pretrained(root: str, *, cache: str | bool = True, dtype=None) -> Loaded:
+    """A diffusers Stable Diffusion folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/) as
+    a run: generate(run, prompts=[...]) samples it like a trained text-conditional LDM.
 
     cache: where the converted Orbax checkpoint is kept (True: a folder per model in jldm's
     cache folder, see jldm.cache; False: convert every time); dtype: the compute dtype (None:
     bfloat16 on GPU/TPU, float32 on CPU).
     """
-    from jldm.sampling.pretrained import load
+    from jldm.runs.pretrained import load_pretrained_run
 
-    return load(root, cache=cache, dtype=dtype)
+    return load_pretrained_run(root, cache=cache, dtype=dtype)
 
 
-def text_to_image(pipe: "Pretrained", prompts: list[str], **options) -> np.ndarray:
-    """Images [N, H, W, C] in [0, 1] for prompts from a load_pretrained pipeline.
+def text_to_image(run: Loaded, prompts: list[str], **options) -> np.ndarray:
+    """Images [N, H, W, C] in [0, 1] for prompts from a load_pretrained run.
 
     options: negative_prompts, steps, guidance, sampler, seed, height, width, num_per_prompt,
     eta (see jldm.sampling.pretrained.generate_text_to_image).
     """
     from jldm.sampling.pretrained import generate_text_to_image
 
-    return generate_text_to_image(pipe, prompts, **options)
+    return generate_text_to_image(run, prompts, **options)
 
 
 __all__ = [

@@ -9,6 +9,7 @@ replaced by small stand-ins, so only the writing and reading is exercised.
 import importlib
 import io
 import json
+import logging
 import os
 from types import SimpleNamespace
 
@@ -115,7 +116,7 @@ def test_a_latent_run_makes_its_stage1_folder_in_the_store(cloud, local, tmp_pat
     assert epath.Path(gs).is_dir() and os.path.isdir(disk)
 
 
-def test_a_toy_report_uploads_the_samples_npz_and_png_written_locally(cloud, local, capsys):
+def test_a_toy_report_uploads_the_samples_npz_and_png_written_locally(cloud, local, caplog):
     from jldm.diffusion.toy import GaussianMixture
     from jldm.train.toy import report_samples
 
@@ -126,9 +127,10 @@ def test_a_toy_report_uploads_the_samples_npz_and_png_written_locally(cloud, loc
     x = np.random.default_rng(2).normal(size=(200, 2))
     final = {"score_error": 0.1, "score_error_ema": 0.05}
     os.makedirs(os.path.join(local, "toy"))  # a local workdir exists once training starts
+    caplog.set_level(logging.INFO, logger="jldm")
     for workdir in (os.path.join(local, "toy"), "gs://bucket/toy"):
         report_samples(config, workdir, mix, x, 1.0, final)
-    assert "gs://bucket/toy/samples.png" in capsys.readouterr().out
+    assert "gs://bucket/toy/samples.png" in caplog.text
     for name in ("samples.png", "metrics.jsonl"):
         assert paths.isfile(f"gs://bucket/toy/{name}")
     arrays = _npz("gs://bucket/toy/samples.npz")
@@ -219,7 +221,7 @@ def test_pretrained_sampling_uploads_the_png_and_npz_written_locally(
     images = _images(8, (2, 8, 8, 3))
     pipe = SimpleNamespace(source="converted", root="/sd", load_seconds=0.0)
     monkeypatch.setattr(pretrained, "load_pretrained", lambda root, cache, dtype: pipe)
-    monkeypatch.setattr(pretrained, "load_tokenizer", lambda root: None)
+    monkeypatch.setattr(pretrained, "as_run", lambda pipe: None)
     monkeypatch.setattr(pretrained, "generate_text_to_image", lambda *a, **k: images)
     for out in (os.path.join(local, "new", "sd"), "gs://bucket/sd/out"):
         pretrained.sample_pretrained("/sd", ["a cat", "a dog"], out, precision="float32")
@@ -278,15 +280,18 @@ def test_compare_takes_gs_workdirs_as_given_and_writes_its_tables_there(
 
 
 def test_quality_keys_keep_a_gs_data_dir_and_make_local_ones_absolute(cloud, monkeypatch):
+    from jldm.data.datasets import Dataset
     from jldm.eval import quality
 
     monkeypatch.setattr(quality, "_reference_cached", lambda *args: args)
-    keys = quality.reference_for("digits", "gs://bucket/data/", "~/fashion", "gs://bucket/cache")
-    assert keys == (
-        "digits",
+    fashion = Dataset("fashion_mnist", "gs://bucket/data/", "~/fashion")
+    keys = quality.reference_for(fashion, "gs://bucket/cache")
+    assert keys == (fashion, "gs://bucket/cache")
+    assert (fashion.data_dir, fashion.source_dir) == (
         "gs://bucket/data",
         os.path.expanduser("~/fashion"),
-        "gs://bucket/cache",
     )
-    keys = quality.reference_for("digits", "data", "/fm", "cache")
-    assert keys == ("digits", os.path.abspath("data"), "/fm", os.path.abspath("cache"))
+    # The source folder does not identify the digits: equal keys whatever it is.
+    keys = quality.reference_for(Dataset("digits", "data", "/fm"), "cache")
+    assert keys == (Dataset("digits", os.path.abspath("data")), os.path.abspath("cache"))
+    assert keys[0].source_dir == ""

@@ -22,10 +22,14 @@ from jldm.convert.models import convert_unet, unet_from_config  # noqa: E402
 from jldm.convert.pipeline import default_cache, load_pretrained  # noqa: E402
 from jldm.convert.scheduler import inference_pairs, inference_timesteps  # noqa: E402
 from jldm.convert.scheduler import scheduler_from_config as sched_cfg  # noqa: E402
+from jldm.data.captions import CaptionTokenizer  # noqa: E402
 from jldm.diffusion import solvers  # noqa: E402
 from jldm.diffusion.frame import discrete_frame  # noqa: E402
 from jldm.errors import UserError  # noqa: E402
-from jldm.sampling.pretrained import generate_text_to_image, make_text_to_image, tokenize  # noqa: E402
+from jldm.runs.pretrained import as_run  # noqa: E402
+from jldm.sampling.pipeline import make_generator  # noqa: E402
+from jldm.sampling.pretrained import generate_text_to_image  # noqa: E402
+from jldm.sampling.run import conditions  # noqa: E402
 from tests.clitools import assert_user_error, cli  # noqa: E402
 from tests.sd_tiny import MAX_LENGTH, build_folder, randomize, unet_kwargs  # noqa: E402
 
@@ -214,25 +218,42 @@ def test_text_to_image_matches_diffusers_pipeline(sd):
             latents=torch.from_numpy(latents),
             output_type="np",
         ).images
-    go = make_text_to_image(pipe, 2, 16, 16, steps=3, guidance=7.5)
+    # The folder as a run, through the one sampling pipeline: the leading-spacing timesteps of
+    # its scheduler as the grid, the same start latents.
+    run = as_run(pipe)
+    ids = conditions(run, prompts=PROMPTS)
     tok = models["tokenizer"]
-    ids, null = tokenize(tok, PROMPTS, MAX_LENGTH), tokenize(tok, negative, MAX_LENGTH)
-    ours = go(pipe.params, ids, null, jax.random.PRNGKey(0), latents.transpose(0, 2, 3, 1))
+    want_ids = tok(PROMPTS, padding="max_length", max_length=MAX_LENGTH, return_tensors="np")
+    np.testing.assert_array_equal(ids, want_ids["input_ids"])
+    gen = make_generator(
+        run,
+        ids,
+        sampler="ddim",
+        steps=3,
+        guidance=7.5,
+        null=conditions(run, prompts=negative),
+        size=(16, 16),
+        z=latents.transpose(0, 2, 3, 1),
+    )
+    ours = gen(jax.random.PRNGKey(0))
     assert rel_err(ours, ref) < TOL
 
 
-def test_pc_and_ode_samplers_on_the_pretrained_pipeline(sd):
-    flavour, _, models, pipe = sd
+def test_every_sampler_on_the_pretrained_run(sd):
+    flavour, _, _, pipe = sd
     if flavour == "sd1":
         pytest.skip("one flavour (v-prediction) is enough")
-    tok = models["tokenizer"]
-    ids, null = tokenize(tok, PROMPTS, MAX_LENGTH), tokenize(tok, ["", "blue"], MAX_LENGTH)
-    x_T = np.random.default_rng(4).standard_normal((2, 8, 8, 4)).astype(np.float32)
+    run = as_run(pipe)
+    ids = conditions(run, prompts=PROMPTS)
+    null = conditions(run, prompts=["", "blue"])
+    z = np.random.default_rng(4).standard_normal((2, 8, 8, 4)).astype(np.float32)
 
-    def images(sampler):  # one compiled program, two keys
-        go = make_text_to_image(pipe, 2, 16, 16, steps=3, guidance=7.5, sampler=sampler)
-        out = [np.asarray(go(pipe.params, ids, null, jax.random.PRNGKey(k), x_T)) for k in (0, 1)]
-        assert np.all(np.isfinite(out)) and np.min(out) >= 0 and np.max(out) <= 1
+    def images(sampler, steps=3):  # one compiled program, two keys
+        gen = make_generator(
+            run, ids, sampler=sampler, steps=steps, guidance=7.5, null=null, size=(16, 16), z=z
+        )
+        out = [np.asarray(gen(jax.random.PRNGKey(k))) for k in (0, 1)]
+        assert np.all(np.isfinite(out)) and np.min(out) >= 0 and np.max(out) <= 1, sampler
         return out
 
     ode, pc, ddpm = images("ode"), images("pc"), images("ddpm")
@@ -240,6 +261,10 @@ def test_pc_and_ode_samplers_on_the_pretrained_pipeline(sd):
     assert np.abs(pc[0] - pc[1]).max() > 1e-4  # pc does
     # Reverse-SDE steps with a Langevin corrector are not the ancestral step, on the same key.
     assert np.abs(pc[0] - ddpm[0]).max() > 1e-4
+    for name in ("heun", "dpmpp2m", "em", "als"):
+        deterministic = images(name, steps=2)
+        if name in ("heun", "dpmpp2m"):
+            np.testing.assert_array_equal(deterministic[0], deterministic[1])
 
 
 def test_orbax_cache_reloads_and_follows_the_weights(sd):
@@ -333,22 +358,25 @@ def test_legacy_vae_attention_names_convert(sd, tmp_path):
 def test_long_prompts_are_truncated_with_a_warning(sd):
     _, _, models, _ = sd
     long = " ".join(["cat"] * 20)
+    tok = CaptionTokenizer(models["tokenizer"])
     with pytest.warns(UserWarning, match="truncated"):
-        ids = tokenize(models["tokenizer"], [long, "dog"], MAX_LENGTH)
+        ids, _ = tok.encode([long, "dog"], MAX_LENGTH)
     assert ids.shape == (2, MAX_LENGTH)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        tokenize(models["tokenizer"], ["dog"], MAX_LENGTH)
+        tok.encode(["dog"], MAX_LENGTH)
 
 
 def test_bad_requests_are_user_errors(sd):
     _, _, _, pipe = sd
+    run = as_run(pipe)
+    ids = conditions(run, prompts=["cat"])
     with pytest.raises(UserError, match="multiples of 8"):
-        make_text_to_image(pipe, 1, 12, 16)
-    with pytest.raises(UserError, match="ddim"):
-        make_text_to_image(pipe, 1, 16, 16, sampler="als")
+        make_generator(run, ids, sampler="ddim", steps=2, size=(12, 16))
+    with pytest.raises(UserError, match="not known"):
+        make_generator(run, ids, sampler="rk45", steps=2)
     with pytest.raises(UserError, match="2 negative prompts for 1"):
-        generate_text_to_image(pipe, ["cat"], negative_prompts=["a", "b"])
+        generate_text_to_image(run, ["cat"], negative_prompts=["a", "b"])
 
 
 def test_sample_cli_pretrained_writes_png(sd, tmp_path):

@@ -9,7 +9,7 @@ import ml_collections
 
 from jldm.diffusion import score_losses
 from jldm.diffusion.flow_matching import TIME_SAMPLING
-from jldm.diffusion.schedules import Schedule, make_schedule
+from jldm.diffusion.schedules import Schedule, make_schedule, schedule_of_betas
 from jldm.diffusion.sde import SDE, VESDE, VPSDE, SubVPSDE
 from jldm.diffusion.weighting import WEIGHTINGS
 from jldm.errors import UserError
@@ -24,6 +24,9 @@ _SDES = {
 def build_schedule(config: ml_collections.ConfigDict) -> Schedule:
     """The discrete noise schedule of config.diffusion (beta_1..beta_T)."""
     f = config.diffusion
+    betas = f.get("betas")  # a pretrained folder's own (trained_betas), else None
+    if betas:
+        return schedule_of_betas(betas)
     try:
         return make_schedule(f.schedule, f.timesteps, f.beta_start, f.beta_end)
     except ValueError as e:

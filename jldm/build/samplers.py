@@ -23,11 +23,12 @@ import numpy as np
 
 from jldm.build import frames
 from jldm.diffusion import frame as fr
-from jldm.diffusion import score_samplers, solvers
+from jldm.diffusion import score_samplers, solvers, spacing
 from jldm.errors import UserError
 
-# sample(fn, key, known=None) -> samples of Plan.shape. fn(x, c): the (guided) network in the
-# objective's own terms; known: (x0 [N,...], mask [N,...,1]) to keep (inpainting).
+# sample(fn, key, known=None, z=None) -> samples of Plan.shape. fn(x, c): the (guided) network
+# in the objective's own terms; known: (x0 [N,...], mask [N,...,1]) to keep (inpainting); z:
+# the prior's unit-normal draw [N,...] (None: drawn from key).
 SampleFn = Callable[..., jax.Array]
 # solve(D, xbar, sigmas [N+1], key, known) -> x at sigmas[-1]
 Solve = Callable[..., jax.Array]
@@ -62,8 +63,14 @@ class Sampler:
     inpaints: bool = True
 
     def sigmas(self, config, frame: fr.Frame, steps: int) -> np.ndarray:
-        """The sigma grid [points + 1] of steps on frame, ending at 0."""
+        """The sigma grid [points + 1] of steps on frame, ending at 0 (or, on diffusers'
+        timesteps without set_alpha_to_one, at the smallest level)."""
+        s = config.sample
         n, first = self.points(steps), frames.start(config, frame)
+        spaced = s.get("timestep_spacing", "")
+        if spaced and frame.levels is not None:
+            offset, one = int(s.get("steps_offset", 0)), bool(s.get("set_alpha_to_one", True))
+            return spacing.spaced_sigmas(frame.levels, n, spaced, offset, one)
         if self.grid == "native":
             return fr.with_zero(fr.native_sigmas(frame, n, first))
         if self.grid == "karras":
@@ -75,7 +82,10 @@ class Sampler:
         frame = frames.frame_of(config)
         if frame is None or frame.levels is None:
             return None
-        most = fr.max_steps(frame, frames.start(config, frame))
+        if config.sample.get("timestep_spacing", ""):
+            most = len(frame.levels)  # diffusers' timesteps: any count up to T
+        else:
+            most = fr.max_steps(frame, frames.start(config, frame))
         return next(s for s in range(most, 0, -1) if self.points(s) <= most)
 
     def build(self, p: Plan) -> SampleFn:
@@ -86,10 +96,18 @@ class Sampler:
         sigmas = self.sigmas(p.config, frame, p.steps)
         solve, first = self.solver(p.config, p.eta, frame), float(sigmas[0])
 
-        def sample(fn, key, known=None):
+        # A grid that stops above 0 stops on a discrete (variance-preserving) model's level:
+        # there x = xbar sqrt(alpha_bar) = xbar / sqrt(1 + sigma^2).
+        out_scale = float(1.0 / np.sqrt(1.0 + np.float64(sigmas[-1]) ** 2))
+
+        def sample(fn, key, known=None, z=None):
             k_init, k_run = jax.random.split(key)
-            xbar = fr.prior(frame, k_init, p.shape, first)
-            return solve(frame.denoiser(fn), xbar, sigmas, k_run, known)
+            if z is None:
+                xbar = fr.prior(frame, k_init, p.shape, first)
+            else:  # the prior's unit-normal draw, given (x_T of a discrete model)
+                xbar = np.sqrt(first**2 + frame.data_var) * z
+            x = solve(frame.denoiser(fn), xbar, sigmas, k_run, known)
+            return x if out_scale == 1.0 else x * out_scale
 
         return sample
 
@@ -196,13 +214,13 @@ class Langevin(Sampler):
         init_std, step = float(s.get("init_std", 1.0)), float(s.get("step_size", 1e-4))
         sigma = frame.sigma_min if frame else (f.sigma if f.objective == "dsm" else 0.0)
 
-        def sample(fn, key, known=None):
+        def sample(fn, key, known=None, z=None):
             if frame is None:  # a score model of one level: fn(x, c [B])
                 score = lambda x, c: fn(x, jax.numpy.full((x.shape[0],), c, x.dtype))
             else:
                 score = fr.score_of(frame.denoiser(fn))
             k_init, k_run = jax.random.split(key)
-            x0 = init_std * jax.random.normal(k_init, p.shape)
+            x0 = init_std * (jax.random.normal(k_init, p.shape) if z is None else z)
             return score_samplers.langevin(score, k_run, x0, step, p.steps, sigma)
 
         return sample

@@ -14,6 +14,20 @@ def solver_settings(s: ml_collections.ConfigDict) -> None:
     s.s_tmin = 0.0  # heun: churn only where s_tmin <= sigma <= s_tmax
     s.s_tmax = float("inf")
     s.s_noise = 1.0  # heun: scale of the churn noise
+    # Discrete (ddpm) models: every sampler walks diffusers' timesteps instead of its own grid
+    # when set: "" (off) | leading | trailing | linspace, shifted by steps_offset; past the last
+    # one the grid ends at alpha_bar = 1 if set_alpha_to_one, else at alpha_bar[0]. A pretrained
+    # Stable Diffusion folder takes its scheduler_config.json's values.
+    s.timestep_spacing = ""
+    s.steps_offset = 0
+    s.set_alpha_to_one = True
+    # Discrete (ddpm) models: every sampler walks diffusers' timesteps instead of its own grid
+    # when set: "" (off) | leading | trailing | linspace, shifted by steps_offset; past the last
+    # one the grid ends at alpha_bar = 1 if set_alpha_to_one, else at alpha_bar[0]. A pretrained
+    # Stable Diffusion folder takes its scheduler_config.json's values.
+    s.timestep_spacing = ""
+    s.steps_offset = 0
+    s.set_alpha_to_one = True
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -9,15 +9,14 @@ step here lands on the same timesteps as diffusers' DDIMScheduler.
 from collections.abc import Mapping
 from typing import NamedTuple
 
-import jax.numpy as jnp
 import numpy as np
 
-from jldm.diffusion.schedules import Schedule, make_schedule
+from jldm.diffusion import spacing as spacings
+from jldm.diffusion.schedules import Schedule, make_schedule, schedule_of_betas
 from jldm.errors import UserError
 
 _PREDICTION = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 _BETAS = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
-_SPACINGS = ("leading", "trailing", "linspace")
 
 
 class SchedulerSpec(NamedTuple):
@@ -48,17 +47,16 @@ def scheduler_from_config(cfg: Mapping) -> SchedulerSpec:
         if cfg.get(key, False):
             raise UserError(f"scheduler_config.json has {key}=true, which jldm does not implement")
     spacing = cfg.get("timestep_spacing", "leading")
-    if spacing not in _SPACINGS:
+    if spacing not in spacings.SPACINGS:
         raise UserError(
-            f"scheduler_config.json has timestep_spacing={spacing!r}: use one of {_SPACINGS}"
+            f"scheduler_config.json has timestep_spacing={spacing!r}: use one of "
+            f"{spacings.SPACINGS}"
         )
     if cfg.get("clip_sample", True) and float(cfg.get("clip_sample_range", 1.0)) != 1.0:
         raise UserError("scheduler_config.json: clip_sample_range other than 1.0 is not supported")
     trained = cfg.get("trained_betas")
     if trained is not None:
-        betas = np.asarray(trained, np.float64)
-        abar = np.cumprod(1.0 - betas)
-        schedule = Schedule(jnp.asarray(betas, jnp.float32), jnp.asarray(abar, jnp.float32))
+        schedule = schedule_of_betas(trained)
     else:
         kind = cfg.get("beta_schedule", "linear")
         if kind not in _BETAS:
@@ -84,13 +82,7 @@ def inference_timesteps(spec: SchedulerSpec, steps: int) -> np.ndarray:
     t = spec.num_train_timesteps
     if not 1 <= steps <= t:
         raise UserError(f"--steps={steps} must be in 1..{t} (the schedule's training timesteps)")
-    if spec.timestep_spacing == "leading":
-        ts = np.arange(steps)[::-1] * (t // steps) + spec.steps_offset
-    elif spec.timestep_spacing == "trailing":
-        ts = np.round(np.arange(t, 0, -t / steps)).astype(np.int64) - 1
-    else:
-        ts = np.linspace(0, t - 1, steps).round()[::-1]
-    return np.clip(ts, 0, t - 1).astype(np.int32)
+    return spacings.timesteps(t, steps, spec.timestep_spacing, spec.steps_offset)
 
 
 def inference_pairs(spec: SchedulerSpec, steps: int, alpha_one_at_end: bool | None = None):

@@ -5,6 +5,7 @@ templated captions; the tokenizer's vocabulary is exactly the caption words plus
 <eos>, <unk>, so it needs no download and stays tiny.
 """
 
+import json
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -13,6 +14,8 @@ import jax
 import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
+
+from jldm.errors import UserError
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIGIT_TEMPLATES = (
@@ -92,8 +95,8 @@ def random_captions(
     return [caption(dataset, int(y), int(t)) for y, t in zip(labels, templates, strict=True)]
 
 
-def all_captions(datasets: Iterable[str] = ("digits", "fashion_mnist")) -> list[str]:
-    """Every (label, template) caption of the given datasets."""
+def all_captions(datasets: Iterable[str] = tuple(_TEMPLATES)) -> list[str]:
+    """Every (label, template) caption of the given datasets (default: all with captions)."""
     return [
         caption(d, label, t)
         for d in datasets
@@ -103,8 +106,9 @@ def all_captions(datasets: Iterable[str] = ("digits", "fashion_mnist")) -> list[
 
 
 class CaptionTokenizer:
-    """Word-level tokenizer (lowercase, whitespace and punctuation split) as a transformers
-    PreTrainedTokenizerFast; encode adds <bos> ... <eos> and pads with <pad> on the right."""
+    """A transformers tokenizer behind one interface: the captions' word-level one (lowercase,
+    whitespace and punctuation split; encode adds <bos> ... <eos> and pads with <pad> on the
+    right), or a pretrained pipeline's (CLIP's BPE), loaded from its folder."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerFast):
         self.hf = tokenizer
@@ -167,13 +171,34 @@ class CaptionTokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CaptionTokenizer":
-        """Read a tokenizer written by save; never touches the network."""
+        """Read a tokenizer folder: one written by save, or a pretrained pipeline's (e.g. Stable
+        Diffusion's CLIP tokenizer/ folder, vocab.json and merges.txt). Never touches the
+        network."""
         path = os.fspath(path)
-        if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        files = [
+            f for f in ("tokenizer.json", "vocab.json") if os.path.isfile(os.path.join(path, f))
+        ]
+        if not files:
             raise FileNotFoundError(
                 f"no tokenizer.json in {path}: build_tokenizer().save({path!r})"
             )
-        return cls(PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True))
+        try:
+            with open(os.path.join(path, "tokenizer_config.json")) as f:
+                kind = json.load(f).get("tokenizer_class", "")
+        except (OSError, ValueError):
+            kind = ""
+        # AutoTokenizer imports torch where it is installed (seconds); CLIP's class alone does not.
+        if kind.startswith("CLIPTokenizer"):
+            from transformers import CLIPTokenizer as loader
+        elif "tokenizer.json" in files:
+            loader = PreTrainedTokenizerFast
+        else:
+            from transformers import AutoTokenizer as loader
+        try:
+            return cls(loader.from_pretrained(path, local_files_only=True))
+        except (OSError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(f"cannot load the tokenizer in {path} ({first})") from None
 
 
 def build_tokenizer(captions: Iterable[str] | None = None) -> CaptionTokenizer:

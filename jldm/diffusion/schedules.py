@@ -53,6 +53,12 @@ def make_schedule(
     return Schedule(jnp.asarray(betas, jnp.float32), jnp.asarray(abar, jnp.float32))
 
 
+def schedule_of_betas(betas) -> Schedule:
+    """The Schedule of given betas [T] (alpha_bar accumulated in float64)."""
+    b = np.asarray(betas, np.float64)
+    return Schedule(jnp.asarray(b, jnp.float32), jnp.asarray(np.cumprod(1.0 - b), jnp.float32))
+
+
 def _bcast(v: jax.Array, x: jax.Array) -> jax.Array:
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 

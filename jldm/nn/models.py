@@ -40,21 +40,23 @@ class ClassConditionalUNet(nn.Module):
 
 class TextConditionalUNet(nn.Module):
     """eps(x_t, t | prompt): a CLIP-style text encoder's hidden states are the cross-attention
-    context, pad tokens masked out. x: [B,H,W,C], t: [B], ids: [B,L] int -> [B,H,W,out]."""
+    context, pad tokens masked out (mask_pads) or attended to like any token, as Stable
+    Diffusion's UNet does. x: [B,H,W,C], t: [B], ids: [B,L] int -> [B,H,W,out]."""
 
     unet: dict[str, Any]
     text: dict[str, Any]
     pad_id: int = 0
     out_channels: int | None = None
+    mask_pads: bool = True
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(
         self, x: jax.Array, t: jax.Array, ids: jax.Array, train: bool = False
     ) -> jax.Array:
-        mask = ids != self.pad_id
+        mask = (ids != self.pad_id) if self.mask_pads else None
         context = CLIPTextEncoder(dtype=self.dtype, name="text_encoder", **self.text)(
-            ids, mask.astype(jnp.int32)
+            ids, None if mask is None else mask.astype(jnp.int32)
         ).last_hidden_state
         out = self.out_channels or x.shape[-1]
         return UNet(out_channels=out, dtype=self.dtype, name="unet", **self.unet)(

@@ -56,22 +56,31 @@ def make_generator(
     eta: float = 0.0,
     known: tuple[np.ndarray, np.ndarray] | None = None,
     low_res: np.ndarray | None = None,
+    null: np.ndarray | None = None,
+    size: tuple[int, int] | None = None,
+    z: np.ndarray | None = None,
 ) -> Generator:
     """The sampler key -> images [N,H,W,C] in [0, 1] for conditions cond ([N] or [N, L]).
 
     known: (images [N,H,W,C] in [-1, 1], mask [N,H,W,1], 1 = keep) for inpainting, with the
     samplers that inpaint (Sampler.inpaints). low_res: [N, R/f, R/f, C] in [-1, 1], the images a
-    super-resolution run (model.low_res_factor = f) sharpens.
+    super-resolution run (model.low_res_factor = f) sharpens. null: the unconditional branch's
+    conditions, cond's shape (None: the null class or the empty prompt; e.g. negative prompts'
+    token ids). size: (H, W) of the images (None: the run's square resolution). z: the start's
+    unit-normal draw [N, h, w, c] where the UNet works (None: drawn from the key).
     """
     for name, v in (("guidance", guidance), ("eta", eta)):
         if not np.isfinite(v):
             raise UserError(f"{name}={v} is not a number: pass a finite --{name}")
     objective, chosen = _objective_and_sampler(run, sampler, steps)
     config = run.config
-    res, ch = model_shape(config)
     cond = jnp.asarray(cond, jnp.int32)
-    shape = (cond.shape[0], res, res, ch)
+    shape = (cond.shape[0], *_model_size(run, size), model_shape(config)[1])
     inputs = {}
+    if z is not None:
+        if tuple(np.shape(z)) != shape:
+            raise UserError(f"start noise z of shape {tuple(np.shape(z))}: expected {shape}")
+        inputs["z"] = jnp.asarray(z, jnp.float32)
     if known is not None:
         if not chosen.inpaints:
             inpainting = [n for n, x in registry.REGISTRY.items() if x.inpaints]
@@ -83,7 +92,13 @@ def make_generator(
     if low is not None:
         inputs["low_res"] = low
     net = objectives.make_net(config, run.model)
-    null = jnp.asarray(null_conditions(run, np.asarray(cond)))
+    if null is None:
+        null = null_conditions(run, np.asarray(cond))
+    elif np.shape(null) != cond.shape:
+        raise UserError(
+            f"{np.shape(null)[0]} negative conditions for {cond.shape[0]}: pass one each"
+        )
+    null = jnp.asarray(null, jnp.int32)
     stage1 = run.stage1
     clip = stage1 is None  # latents are not confined to [-1, 1]
 
@@ -97,11 +112,25 @@ def make_generator(
             return net(params["unet"], x, c, y)
 
         fn = classifier_free_guidance(apply_fn, cond, null, guidance)
-        x = decode(stage1, params["stage1"], sample(fn, key, inputs.get("known")))
+        x = sample(fn, key, inputs.get("known"), inputs.get("z"))
+        x = decode(stage1, params["stage1"], x)
         return jnp.clip(x / 2 + 0.5, 0.0, 1.0)
 
     params = {"unet": run.params, "stage1": None if stage1 is None else stage1.params}
     return Generator(jax.jit(go), params, cond, inputs)
+
+
+def _model_size(run: Loaded, size: tuple[int, int] | None) -> tuple[int, int]:
+    """(h, w) where the UNet works for images of size (H, W) (None: the run's resolution)."""
+    res, _ = model_shape(run.config)
+    if size is None:
+        return res, res
+    f = run.config.data.resolution // res  # the autoencoder's factor (1 on pixels)
+    multiple = f * 2 ** (len(run.model.unet["channel_mult"]) - 1)
+    h, w = (int(v) for v in size)
+    if h <= 0 or w <= 0 or h % multiple or w % multiple:
+        raise UserError(f"--height={h} --width={w}: both must be positive multiples of {multiple}")
+    return h // f, w // f
 
 
 def _low_res_input(config, low_res, shape):
@@ -150,18 +179,29 @@ def generate(
     seed: int = 0,
     known: tuple[np.ndarray, np.ndarray] | None = None,
     low_res: np.ndarray | None = None,
+    negative_prompts: list[str] | None = None,
+    size: tuple[int, int] | None = None,
     uint8: bool = False,
 ) -> np.ndarray:
     """Samples for class labels [N] or text prompts (N strings) -> images [N,H,W,C] in [0, 1].
 
     sampler, steps, guidance, eta: None takes the run's config.sample values (steps: the
-    sampler's default). uint8: round to 8-bit images [N,H,W,C] uint8 instead of floats.
-    Raises UserError when a sample is not finite.
+    sampler's default). negative_prompts: one per prompt, the unconditional branch's (None:
+    the empty prompt). size: (H, W) (None: the run's resolution). uint8: round to 8-bit images
+    [N,H,W,C] uint8 instead of floats. Raises UserError when a sample is not finite.
     """
     s = run.config.sample
     sampler = sampler or s.sampler
     steps = registry.get(sampler).default_steps(run.config) if steps is None else steps
     cond = conditions(run, labels, prompts)
+    null = None
+    if negative_prompts is not None:
+        if prompts is None or len(negative_prompts) != len(prompts):
+            n = 0 if prompts is None else len(prompts)
+            raise UserError(
+                f"{len(negative_prompts)} negative prompts for {n} prompts: pass one per prompt"
+            )
+        null = conditions(run, prompts=list(negative_prompts))
     gen = make_generator(
         run,
         cond,
@@ -171,6 +211,8 @@ def generate(
         eta=s.eta if eta is None else eta,
         known=known,
         low_res=low_res,
+        null=null,
+        size=size,
     )
     raw = gen(jax.random.PRNGKey(seed))
     images = np.asarray(raw)
