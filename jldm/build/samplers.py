@@ -7,11 +7,12 @@ A sampler knows its grid, its network evaluations (NFE) for a step count and the
 for an NFE budget. Every grid starts at min(the model's sigma_max, sample.sigma_start): native
 (uniform in the objective's own time variable: DDIM's timesteps, the SDE's t, NCSN's geometric
 ladder, EDM's Karras grid, the flow's t), karras (heun) or log-SNR (dpmpp2m); on a discrete
-model every grid sits on distinct timesteps of its own. Every grid ends on sigma = 0,
-where the step is D (Tweedie). `steps`: ddim, euler, ddpm, heun, dpmpp2m: grid points; pc, em,
-ode: steps before the final D; als: noise levels (steps_per_sigma Langevin steps each);
-langevin: steps at the frame's smallest sigma. Every setting is read from the config when the
-sampler is built, never inside the traced function.
+model every grid sits on distinct timesteps of its own, or on diffusers' timesteps
+(sample.timestep_spacing). Every grid ends on sigma = 0, where the step is D (Tweedie).
+`steps`: ddim, euler, ddpm, heun, dpmpp2m: grid points; pc, em, ode: steps before the final D;
+als: noise levels (steps_per_sigma Langevin steps each); langevin: steps at the frame's
+smallest sigma; ode_adaptive: the most step attempts of its adaptive solver. Every setting is
+read from the config when the sampler is built, never inside the traced function.
 """
 
 import dataclasses
@@ -21,7 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jldm.build import frames
+from jldm.build import frames, solve_settings
 from jldm.diffusion import frame as fr
 from jldm.diffusion import score_samplers, solvers, spacing
 from jldm.errors import UserError
@@ -30,8 +31,7 @@ from jldm.errors import UserError
 # in the objective's own terms; known: (x0 [N,...], mask [N,...,1]) to keep (inpainting); z:
 # the prior's unit-normal draw [N,...] (None: drawn from key).
 SampleFn = Callable[..., jax.Array]
-# solve(D, xbar, sigmas [N+1], key, known) -> x at sigmas[-1]
-Solve = Callable[..., jax.Array]
+Solve = solve_settings.Solve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,49 +112,6 @@ class Sampler:
         return sample
 
 
-def _score(solve: Callable) -> Callable:
-    """A score sampler solve(score, ...) as a solve(D, ...)."""
-    return lambda d, *args: solve(fr.score_of(d), *args)
-
-
-def _ancestral(eta_of: Callable[[float], float]):
-    return lambda c, eta, frame: (
-        lambda d, x, s, k, known: solvers.ancestral(d, x, s, k, known, eta_of(eta))
-    )
-
-
-def _heun(config, eta, frame) -> Solve:
-    s = config.sample
-    churn = dict(
-        churn=float(s.get("s_churn", 0.0)),
-        t_min=float(s.get("s_tmin", 0.0)),
-        t_max=float(s.get("s_tmax", float("inf"))),
-        noise=float(s.get("s_noise", 1.0)),
-    )
-    snap = lambda sigma: fr.snap(frame, sigma)
-    return lambda d, x, sig, k, known: solvers.heun(d, x, sig, k, known, to_level=snap, **churn)
-
-
-def _pc(corrector: bool):
-    def solver(config, eta, frame) -> Solve:
-        s = config.sample
-        snr, n = float(s.snr), int(s.corrector_steps) if corrector else 0
-        return _score(lambda *a: score_samplers.predictor_corrector(*a, snr=snr, n_corrector=n))
-
-    return solver
-
-
-def _als(config, eta, frame) -> Solve:
-    s = config.sample
-    per, eps = int(s.steps_per_sigma), float(s.als_step)
-
-    def solve(d, x, sigmas, key, known):
-        score = fr.score_of(d)
-        return score_samplers.annealed_langevin(score, key, x, sigmas[:-1], per, eps, known)
-
-    return solve
-
-
 def _one(n: int) -> int:
     return max(1, int(n))
 
@@ -171,25 +128,25 @@ def _levels(c) -> int:
 REGISTRY: dict[str, Sampler] = {
     s.name: s
     for s in (
-        Sampler("ddim", _ancestral(lambda eta: eta), "native",
+        Sampler("ddim", solve_settings.ancestral(lambda eta: eta), "native",
                 nfe=lambda c, n: n, steps_for=lambda c, b: _one(b)),
-        Sampler("euler", _ancestral(lambda eta: 0.0), "native",
+        Sampler("euler", solve_settings.ancestral(lambda eta: 0.0), "native",
                 nfe=lambda c, n: n, steps_for=lambda c, b: _one(b)),
-        Sampler("ddpm", _ancestral(lambda eta: 1.0), "native",
+        Sampler("ddpm", solve_settings.ancestral(lambda eta: 1.0), "native",
                 nfe=lambda c, n: n, steps_for=lambda c, b: _one(b), default_steps=_levels),
-        Sampler("heun", _heun, "karras",
+        Sampler("heun", solve_settings.heun, "karras",
                 nfe=lambda c, n: 2 * n - 1, steps_for=lambda c, b: _one((b + 1) // 2)),
         Sampler("dpmpp2m", lambda c, eta, frame: solvers.dpmpp_2m, "log_snr",
                 nfe=lambda c, n: n, steps_for=lambda c, b: _one(b)),
-        Sampler("pc", _pc(True), "native", points=lambda n: n + 1,
+        Sampler("pc", solve_settings.pc(True), "native", points=lambda n: n + 1,
                 nfe=lambda c, n: n * _corr(c) + 1,
                 steps_for=lambda c, b: _one((b - 1) // _corr(c))),
-        Sampler("em", _pc(False), "native", points=lambda n: n + 1,
+        Sampler("em", solve_settings.pc(False), "native", points=lambda n: n + 1,
                 nfe=lambda c, n: n + 1, steps_for=lambda c, b: _one(b - 1)),
-        Sampler("ode", lambda c, eta, frame: _score(score_samplers.probability_flow_rk4), "native",
+        Sampler("ode", solve_settings.ode, "native",
                 points=lambda n: n + 1,
                 nfe=lambda c, n: 4 * n + 1, steps_for=lambda c, b: _one((b - 1) // 4)),
-        Sampler("als", _als, "native",
+        Sampler("als", solve_settings.als, "native",
                 nfe=lambda c, n: n * c.sample.steps_per_sigma + 1,
                 steps_for=lambda c, b: _one((b - 1) // c.sample.steps_per_sigma),
                 default_steps=lambda c: c.diffusion.num_scales),
@@ -229,6 +186,41 @@ class Langevin(Sampler):
 REGISTRY["langevin"] = Langevin(
     "langevin", None, "none", nfe=lambda c, n: n, steps_for=lambda c, b: _one(b), inpaints=False
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Adaptive(Sampler):
+    """The probability-flow ODE by adaptive Dormand-Prince 5(4) from the grid's start to the
+    frame's smallest sigma (rtol = atol = sample.ode_tol), then D: steps bounds the step
+    attempts, nfe the evaluations (each attempt 6, plus the first and D); the evaluations
+    spent depend on the model. Samples that did not reach the end come out NaN."""
+
+    def max_steps(self, config):
+        return None
+
+    def build(self, p: Plan) -> SampleFn:
+        frame = frames.frame_of(p.config, p.clip)
+        if frame is None:
+            raise UserError(f"{self.name} needs a noise process: sample this objective by langevin")
+        hi, lo = frames.start(p.config, frame), frame.sigma_min
+        tol = float(p.config.sample.get("ode_tol", 1e-4))
+
+        def sample(fn, key, known=None, z=None):
+            xbar = (
+                fr.prior(frame, jax.random.split(key)[0], p.shape, hi)
+                if z is None
+                else np.sqrt(hi**2 + frame.data_var) * z
+            )
+            score = fr.score_of(frame.denoiser(fn))
+            return score_samplers.probability_flow_adaptive(score, xbar, hi, lo, tol, p.steps)[0]
+
+        return sample
+
+
+REGISTRY["ode_adaptive"] = Adaptive(
+    "ode_adaptive", None, "none", nfe=lambda c, n: 6 * n + 2,
+    steps_for=lambda c, b: _one((b - 2) // 6), default_steps=lambda c: 500, inpaints=False,
+)  # fmt: skip
 
 
 def get(name: str) -> Sampler:

@@ -143,7 +143,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Every image objective takes every sampler (jldm.build.samplers): ddim (eta below; 0 is
     # Euler on the probability-flow ODE, also named euler) | ddpm (ancestral) | heun (Karras et
     # al.) | dpmpp2m (DPM-Solver++ 2M) | pc (predictor-corrector) | em (Euler-Maruyama) | ode
-    # (RK4) | als (annealed Langevin) | langevin.
+    # (RK4) | ode_adaptive (Dormand-Prince 5(4)) | als (annealed Langevin) | langevin.
     s.sampler = "ddim"
     # ddim, ddpm, heun, dpmpp2m: grid points; pc, em, ode: steps before the final denoising;
     # langevin: Langevin steps. (als counts noise levels: diffusion.num_scales.)
@@ -153,6 +153,7 @@ def get_config() -> ml_collections.ConfigDict:
     s.corrector_steps = 1  # pc: corrector steps before each predictor step
     s.steps_per_sigma = 5  # als: Langevin steps per noise level
     s.als_step = 0.2  # als: step size / sigma^2 (Song & Ermon's 2e-5 at sigma = 0.01)
+    s.ode_tol = 1e-4  # ode_adaptive: rtol = atol of its Dormand-Prince steps in log sigma
     s.step_size = 1e-4  # langevin: step size, at the process's smallest sigma
     s.init_std = 1.0  # langevin: chains start from N(0, init_std^2 I)
     s.guidance = 2.0  # classifier-free guidance scale (1: the conditional model alone)

@@ -1,6 +1,6 @@
 """Samplers of the score in the EDM frame (jldm.diffusion.frame): Langevin dynamics, annealed
 Langevin (Song & Ermon 2019), reverse-SDE predictor-corrector and Euler-Maruyama (Song et al.
-2021), and the probability-flow ODE by RK4, each one lax.scan.
+2021), and the probability-flow ODE by RK4 (one lax.scan each) or adaptively.
 
 score(xbar [B,...], sigma scalar) -> grad log p_sigma(xbar), sigma the noise level of
 xbar = x0 + sigma n (frame.score_of reads it off any objective's denoiser). In this frame every
@@ -10,11 +10,13 @@ xbar' = xbar + (sigma^2 - sigma'^2) s(xbar, sigma) + sqrt(sigma^2 - sigma'^2) z.
 sigma = 0, where that step without noise is Tweedie's posterior mean D (one evaluation).
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 
 from jldm.diffusion.frame import Known, Score, paste, scan_grid
-from jldm.diffusion.odeint import rk4_step
+from jldm.diffusion.odeint import odeint_adaptive, rk4_step
 
 
 def langevin(
@@ -114,6 +116,18 @@ def predictor_corrector(
     return scan_grid(step, xbar, sigmas, key, known)[0]
 
 
+def _vp_drift(score: Score):
+    """dy/du of the probability-flow ODE in u = log sigma on y = xbar / sqrt(1 + sigma^2)."""
+
+    def drift(y, u):
+        sigma2 = jnp.exp(2.0 * u)
+        c = jnp.sqrt(1.0 + sigma2)
+        x = c * y
+        return (-sigma2 * score(x, jnp.sqrt(sigma2)) - x * sigma2 / (1.0 + sigma2)) / c
+
+    return drift
+
+
 def probability_flow_rk4(
     score: Score,
     xbar: jax.Array,
@@ -130,11 +144,7 @@ def probability_flow_rk4(
     consecutive log sigmas; the last, onto 0, is D. 4 (N - 1) + 1 evaluations.
     """
 
-    def drift(y, u):
-        sigma2 = jnp.exp(2.0 * u)
-        c = jnp.sqrt(1.0 + sigma2)
-        x = c * y
-        return (-sigma2 * score(x, jnp.sqrt(sigma2)) - x * sigma2 / (1.0 + sigma2)) / c
+    drift = _vp_drift(score)
 
     def step(x, carry, i, sigma, sigma_next, k):
         def rk4():
@@ -146,3 +156,26 @@ def probability_flow_rk4(
         return jax.lax.cond(sigma_next > 0, rk4, denoised), carry
 
     return scan_grid(step, xbar, sigmas, key, known)[0]
+
+
+def probability_flow_adaptive(
+    score: Score,
+    xbar: jax.Array,
+    sigma_hi: float,
+    sigma_lo: float,
+    tol: float,
+    max_steps: int,
+) -> tuple[jax.Array, jax.Array]:
+    """The probability-flow ODE from sigma_hi to sigma_lo by adaptive Dormand-Prince 5(4) in
+    u = log sigma on y = xbar / sqrt(1 + sigma^2) (probability_flow_rk4's state), the whole
+    batch as one system (one error norm, as Song et al. 2021 integrate it), rtol = atol = tol,
+    then D at sigma_lo onto 0. -> (samples, evaluations): samples are NaN where the solver did
+    not reach sigma_lo within max_steps attempts."""
+    drift = _vp_drift(score)
+    f = lambda y, u: drift(y[0], u[0])[None]
+    u_hi, u_lo = math.log(sigma_hi), math.log(sigma_lo)
+    y0 = (xbar / math.sqrt(1.0 + sigma_hi**2))[None]
+    y, nfe, done = odeint_adaptive(f, y0, u_hi, u_lo, tol, tol, max_steps)
+    x = y[0] * math.sqrt(1.0 + sigma_lo**2)
+    x = x + sigma_lo**2 * score(x, jnp.float32(sigma_lo))
+    return jnp.where(done[0], x, jnp.nan), nfe[0] + 1
