@@ -220,5 +220,6 @@ def generate(
         raise UserError(
             f"{sampler} produced non-finite samples: the run may have diverged, or lower "
             "--guidance / change --sampler"
+            + (" / raise --steps (its step attempts)" if sampler == "ode_adaptive" else "")
         )
     return np.round(images * 255.0).astype(np.uint8) if uint8 else images

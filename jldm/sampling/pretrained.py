@@ -4,7 +4,7 @@ as a run (jldm.runs.pretrained) and sampled by the one sampling pipeline
 scheduler, the text encoder conditions the UNet and the VAE decodes, in one jitted function.
 """
 
-import sys
+import logging
 import time
 from collections.abc import Sequence
 
@@ -17,6 +17,8 @@ from jldm.errors import UserError
 from jldm.runs.load import Loaded
 from jldm.runs.pretrained import as_run, default_compute_dtype, load_pretrained_run
 from jldm.sampling.pipeline import generate
+
+logger = logging.getLogger(__name__)
 
 
 def generate_text_to_image(
@@ -98,7 +100,7 @@ def sample_pretrained(
     dtype = dtypes[precision] or default_compute_dtype()
     pipe = load_pretrained(root, cache=cache, dtype=dtype)
     how = "converted" if pipe.source == "converted" else "loaded from the Orbax cache"
-    print(f"{how} {pipe.root} in {pipe.load_seconds:.1f} s")
+    logger.info("%s %s in %.1f s", how, pipe.root, pipe.load_seconds)
     t0 = time.perf_counter()
     images = generate_text_to_image(as_run(pipe), prompts, **options)
     seconds = time.perf_counter() - t0
@@ -107,10 +109,15 @@ def sample_pretrained(
     save_grid(images, out + ".png", ncols=per_prompt)
     per_image = [p for p in prompts for _ in range(per_prompt)]
     save_npz(out + ".npz", images=images, prompts=np.asarray(per_image))
-    print(
-        f"{images.shape[0]} images {images.shape[1]}x{images.shape[2]}, {sampler} {steps} steps, "
-        f"guidance {options.get('guidance', 7.5)}, {jnp.dtype(dtype).name}, "
-        f"{seconds:.1f} s incl. compile",
-        file=sys.stdout,
+    logger.info(
+        "%d images %dx%d, %s %d steps, guidance %s, %s, %.1f s incl. compile",
+        images.shape[0],
+        images.shape[1],
+        images.shape[2],
+        sampler,
+        steps,
+        options.get("guidance", 7.5),
+        jnp.dtype(dtype).name,
+        seconds,
     )
-    print(f"samples: {out}.png {out}.npz")
+    logger.info("samples: %s.png %s.npz", out, out)
