@@ -96,15 +96,14 @@ def _vm_hwm_mb() -> float:
 def _child(loader: str, data_dir: str) -> None:
     import numpy as np
 
-    from jldm.data import load_split, preprocess
-    from jldm.data.sources import open_split
+    from jldm.data import Dataset, load_split, open_split, preprocess
     from jldm.data.stream import ArraySource, Pixels, stream
 
     t0 = time.perf_counter()
     if loader == "stream":
-        source = Pixels(open_split(NAME, FLAGS.split, data_dir), SIZE)
+        source = Pixels(open_split(Dataset(NAME, data_dir), FLAGS.split), SIZE)
     else:
-        split = load_split(NAME, FLAGS.split, data_dir)
+        split = load_split(Dataset(NAME, data_dir), FLAGS.split)
         images = split.images if loader == "memory_u8" else preprocess(split.images, SIZE)
         source = ArraySource(images, split.labels)
     batches = stream(

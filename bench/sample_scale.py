@@ -78,12 +78,13 @@ def _frechet_check(workdir: str, folder: str) -> dict:
     import numpy as np
 
     from jldm.api import load
+    from jldm.data import dataset_of
     from jldm.eval import reference_for, score_samples
     from jldm.eval.frechet import frechet_distance
     from jldm.sampling.shards import shard_paths
 
     d = load(workdir).config.data
-    reference = reference_for(d.name, d.data_dir, d.fashion_dir)
+    reference = reference_for(dataset_of(d))
     n, total, outer, shards = 0, 0.0, 0.0, []
     for path in shard_paths(folder):
         with np.load(path) as z:

@@ -46,8 +46,9 @@ def generate(run: Loaded, **options) -> np.ndarray:
     """Samples of a trained run -> images [N, H, W, C] in [0, 1] (uint8=True: 8-bit).
 
     Diffusion runs (and load_pretrained's): labels or prompts, negative_prompts, sampler, steps,
-    guidance, eta, seed, known, low_res, size (see jldm.sampling.pipeline.generate). VAE runs: decodes of z ~ N(0, I) for labels (or num, for
-    an unconditional VAE), seed, temperature (see jldm.sampling.vae.generate).
+    guidance, eta, seed, known, low_res, size (see jldm.sampling.pipeline.generate). VAE runs:
+    decodes of z ~ N(0, I) for labels (or num, for an unconditional VAE), seed, temperature
+    (see jldm.sampling.vae.generate).
     """
     if is_vae(run.config):
         return vae.generate(run, **options)

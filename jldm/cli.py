@@ -10,15 +10,21 @@ A script defines its flags on its own absl FlagValues and hands it to run_main:
 
 Tests call run_cli(main, argv, flag_values=FLAGS) in-process: it returns the exit code and each
 call starts from the flags' defaults.
+
+The library reports through the `jldm` logger; while run_cli runs, console_output shows those
+records as the bare lines a user reads: INFO on stdout, warnings and errors on stderr.
 """
 
+import contextlib
 import inspect
+import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from absl import flags, logging
+from absl import flags
+from absl import logging as absl_logging
 
 from jldm.errors import UserError
 
@@ -32,6 +38,45 @@ def fail(message: str) -> None:
     """Print a one-line error and exit 2."""
     print(error_line(message), file=sys.stderr)
     sys.exit(2)
+
+
+class _ConsoleHandler(logging.Handler):
+    """Each record's bare message on one line: below WARNING to stdout, the rest to stderr.
+
+    The streams are looked up per record, so a redirected sys.stdout (pytest's capsys,
+    contextlib.redirect_stdout) gets the lines as print would.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def console_output() -> Iterator[None]:
+    """The `jldm` logger's INFO and above as bare lines on stdout/stderr, and only there.
+
+    The logger's level, propagation and handlers are restored on exit. It does not propagate
+    meanwhile, so a handler on the root logger (absl's, logging.basicConfig's) adds no second
+    copy of a line.
+    """
+    logger = logging.getLogger("jldm")
+    handler = _ConsoleHandler(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def _last_overrides_win(argv: list[str]) -> list[str]:
@@ -117,6 +162,7 @@ def run_cli(
     the script's doc and flags and gives 0; other exceptions propagate. flag_values defaults
     to absl's global flags, which only a script's single parse should use. Each call forgets
     the previous one's values and config overrides, so calls in one process are independent.
+    The library's log records show meanwhile as the command's output lines (console_output).
     """
     flag_values = flags.FLAGS if flag_values is None else flag_values
     argv = _last_overrides_win(list(argv))
@@ -128,14 +174,14 @@ def run_cli(
         # as a script that parsed them with no arguments would; unparsed, absl logging adds a
         # "Logging before flag parsing" line to stderr.
         flags.FLAGS.mark_as_parsed()
-    saved_argv, saved_verbosity = sys.argv, logging.get_verbosity()
+    saved_argv, saved_verbosity = sys.argv, absl_logging.get_verbosity()
     # config_flags reads the --config.PATH overrides from sys.argv, not from the parsed argv.
     sys.argv = argv
     try:
         _forget_last_parse(flag_values)
         # Library chatter (Orbax, TFDS) at INFO/WARNING drowns the CLIs' own few lines. Set
         # after the unparse, which resets absl's global --verbosity flag and with it the level.
-        logging.set_verbosity(logging.ERROR)
+        absl_logging.set_verbosity(absl_logging.ERROR)
         rest = _parse(argv, flag_values)
         if isinstance(rest, str):
             message = rest
@@ -145,7 +191,8 @@ def run_cli(
             )
         else:
             try:
-                main(rest) if positional else main()
+                with console_output():
+                    main(rest) if positional else main()
                 return 0
             except UserError as e:
                 message = str(e)
@@ -153,7 +200,7 @@ def run_cli(
         return 2
     finally:
         sys.argv = saved_argv
-        logging.set_verbosity(saved_verbosity)
+        absl_logging.set_verbosity(saved_verbosity)
 
 
 def run_main(

@@ -21,6 +21,7 @@ import numpy as np
 
 from jldm import api
 from jldm.build import objectives, samplers
+from jldm.data.datasets import dataset_of, has_quality, reference_split
 from jldm.data.paths import join, read_text, resolve, write_text_atomic
 from jldm.errors import UserError
 from jldm.sampling import likelihood
@@ -60,7 +61,7 @@ def autoencoder_error(run: api.Loaded, num: int = 500) -> dict:
     from jldm.data import load_split, preprocess
 
     d = run.config.data
-    test = load_split(d.name, "test", d.data_dir, d.fashion_dir)
+    test = load_split(dataset_of(d), reference_split(d.name))
     x = np.asarray(preprocess(test.images[:num], d.resolution), np.float32)
     stage1 = run.stage1
     recon = np.asarray(
@@ -90,9 +91,9 @@ def quality(images: np.ndarray, labels: np.ndarray, config) -> dict:
     from jldm.eval.quality import sample_quality
 
     d = config.data
-    if d.name not in ("digits", "fashion_mnist"):
+    if not has_quality(d.name):
         return {}
-    q = sample_quality(images, labels, d.name, d.data_dir, d.fashion_dir)
+    q = sample_quality(images, labels, dataset_of(d))
     return {k: q.get(k) for k in _FIGURES}
 
 
@@ -200,9 +201,9 @@ def real_row(config, per_class: int) -> dict | None:
     from jldm.data import load_split, preprocess, to_unit
 
     d = config.data
-    if d.name not in ("digits", "fashion_mnist"):
+    if not has_quality(d.name):
         return None
-    train = load_split(d.name, "train", d.data_dir, d.fashion_dir)
+    train = load_split(dataset_of(d), "train")
     pick = [np.flatnonzero(train.labels == c)[:per_class] for c in range(d.num_classes)]
     pick = np.concatenate(pick)
     images = to_unit(preprocess(train.images[pick], d.resolution))

@@ -48,8 +48,10 @@ def assert_user_error(proc: subprocess.CompletedProcess, *words: str) -> None:
 
 
 def process_state() -> tuple:
-    """Stop-signal handlers, exception hooks, asyncio log filters: what a CLI called in-process
-    must leave as it found them (the test process lives on after it)."""
+    """Stop-signal handlers, exception hooks, asyncio log filters, the jldm logger's handlers,
+    level and propagation: what a CLI called in-process must leave as it found them (the test
+    process lives on after it)."""
     handlers = tuple(signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT))
     hooks = (sys.excepthook, sys.unraisablehook, tuple(logging.getLogger("asyncio").filters))
-    return handlers, hooks
+    jldm = logging.getLogger("jldm")
+    return handlers, hooks, (tuple(jldm.handlers), jldm.level, jldm.propagate)

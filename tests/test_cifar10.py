@@ -125,8 +125,9 @@ def test_two_steps_on_a_stand_in_cifar10_with_fid_in_the_watch_step(tmp_path, mo
     assert watched["step"] == 2 and watched["sample/fid_samples"] == 10
 
     # The same FID from PyTorch's features of the same samples and of the test split.
-    ((samples, (ref, *_)),) = seen
-    assert ref == "cifar10:test" and samples.shape == (10, 32, 32, 3)
+    ((samples, (dataset, split, *_)),) = seen
+    assert (dataset.name, dataset.data_dir, split) == ("cifar10", data_dir, "test")
+    assert samples.shape == (10, 32, 32, 3)
     test = StandIn(data_dir=data_dir).as_data_source(split="test")
     test_images = np.stack([np.asarray(r["image"]) for r in test]).astype(np.float32) / 255.0
 

@@ -212,7 +212,10 @@ def test_training_in_process_leaves_no_threads_or_handlers_behind(
     threads, state = set(threading.enumerate()), process_state()
     argv = train_args(resumed, data_dir, "--config.train.steps=6")
     assert run_cli(train.main, argv, flag_values=train.FLAGS) == 0
-    assert f"trained: {resumed}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # The script's own line, and the library's logged one as the same bare line on stdout.
+    assert f"trained: {resumed}" in out
+    assert f"final samples: {resumed / 'samples_final.png'}\n" in out
     assert sorted(os.listdir(resumed / "checkpoints")) == ["2", "4", "6"]
     assert process_state() == state, "signal handlers or hooks left behind"
     # tqdm's monitor is one thread per process, started by its first bar and reused by the next.

@@ -214,9 +214,11 @@ def test_vae_sampling_uploads_the_npz_and_grids_written_locally(cloud, local, mo
 
 
 def test_pretrained_sampling_uploads_the_png_and_npz_written_locally(
-    cloud, local, monkeypatch, capsys
+    cloud, local, monkeypatch, caplog
 ):
     from jldm.sampling import pretrained
+
+    caplog.set_level(logging.INFO, logger="jldm")
 
     images = _images(8, (2, 8, 8, 3))
     pipe = SimpleNamespace(source="converted", root="/sd", load_seconds=0.0)
@@ -225,7 +227,7 @@ def test_pretrained_sampling_uploads_the_png_and_npz_written_locally(
     monkeypatch.setattr(pretrained, "generate_text_to_image", lambda *a, **k: images)
     for out in (os.path.join(local, "new", "sd"), "gs://bucket/sd/out"):
         pretrained.sample_pretrained("/sd", ["a cat", "a dog"], out, precision="float32")
-    assert "samples: gs://bucket/sd/out.png gs://bucket/sd/out.npz" in capsys.readouterr().out
+    assert "samples: gs://bucket/sd/out.png gs://bucket/sd/out.npz" in caplog.text
     disk = os.path.join(local, "new", "sd")
     assert paths.read_bytes("gs://bucket/sd/out.png") == paths.read_bytes(disk + ".png")
     arrays = _npz("gs://bucket/sd/out.npz")

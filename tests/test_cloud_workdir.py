@@ -8,6 +8,7 @@ that fake cannot reach, so the tests check the path the checkpoint manager is ha
 
 import io
 import json
+import logging
 import os
 from types import SimpleNamespace
 
@@ -73,7 +74,7 @@ def test_paths_name_move_and_write_cloud_objects_like_local_files(cloud, tmp_pat
     ]
 
 
-def test_config_json_is_written_read_and_guarded_in_a_cloud_workdir(cloud, capsys):
+def test_config_json_is_written_read_and_guarded_in_a_cloud_workdir(cloud, caplog):
     from jldm.runs.config_io import read_config, write_config
 
     run = "gs://bucket/run"
@@ -89,12 +90,13 @@ def test_config_json_is_written_read_and_guarded_in_a_cloud_workdir(cloud, capsy
         write_config(run, wider)
     assert read_config(run).model.channels == 8  # the refused call wrote nothing
 
+    caplog.set_level(logging.INFO, logger="jldm")
     write_config(run, wider, force=True)
     assert read_config(run).model.channels == 16
     (kept,) = [p for p in epath.Path(run).iterdir() if p.name.startswith("checkpoints.replaced-")]
     assert (kept / "2" / "state").read_text() == "step 2"
     assert not epath.Path(f"{run}/checkpoints").exists()
-    assert f"kept in {kept}" in capsys.readouterr().out
+    assert f"kept in {kept}" in caplog.text
 
 
 def _steps_logged(run: str) -> list[dict]:
@@ -251,7 +253,7 @@ def test_sample_py_shards_go_to_a_gs_folder_as_given(cloud, monkeypatch, capsys)
 
 
 def test_sample_py_reads_its_input_images_from_gs(cloud):
-    from jldm.scripts import sample as script
+    from jldm.scripts.sample_flags import read_image
 
     pixels = np.random.default_rng(2).integers(0, 256, (8, 8), dtype=np.uint8)
     buffer = io.BytesIO()
@@ -261,7 +263,7 @@ def test_sample_py_reads_its_input_images_from_gs(cloud):
     np.save(buffer, pixels / 255.0)
     epath.Path("gs://bucket/in/source.npy").write_bytes(buffer.getvalue())
     for name in ("source.png", "source.npy"):
-        image = script._read_image(f"gs://bucket/in/{name}", "--source", 1)
+        image = read_image(f"gs://bucket/in/{name}", "--source", 1)
         np.testing.assert_allclose(image, (pixels / 255.0)[..., None], atol=1e-6)
     with pytest.raises(UserError, match="cannot read --mask gs://bucket/in/none.png"):
-        script._read_image("gs://bucket/in/none.png", "--mask", None)
+        read_image("gs://bucket/in/none.png", "--mask", None)

@@ -17,7 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits
 
-from jldm.data import Split, batch_indices, batches_for, load_split, preprocess, to_unit
+from jldm.data import Dataset, Split, batch_indices, batches_for, load_split, preprocess, to_unit
 from jldm.data.builders import FASHION_CLASS_NAMES, digits_split_indices
 from jldm.errors import UserError
 from tests.test_workdir import cloud  # noqa: F401 (the fake gs:// filesystem fixture)
@@ -84,8 +84,8 @@ def fashion_dir(tmp_path: Path) -> tuple[Path, dict[str, tuple[np.ndarray, np.nd
 def test_digits_splits_partition_sklearn_digits(tmp_path: Path) -> None:
     digits = load_digits()
     expected = np.floor(digits.images * 255 / 16 + 0.5).astype(np.uint8)[..., None]
-    train = load_split("digits", "train", str(tmp_path))
-    test = load_split("digits", "test", str(tmp_path))
+    on_disk = Dataset("digits", str(tmp_path))
+    train, test = load_split(on_disk, "train"), load_split(on_disk, "test")
     train_idx, test_idx = digits_split_indices(digits.target)
 
     assert len(train) + len(test) == 1797
@@ -106,8 +106,8 @@ def test_processes_preparing_one_data_dir_at_once_all_read_the_same_data(tmp_pat
     """Three processes start on a fresh data_dir together; one prepares, the others wait."""
     data_dir = tmp_path / "tfds"
     script = (
-        "import hashlib, sys; from jldm.data import load_split; "
-        "s = load_split('digits', 'train', sys.argv[1]); "
+        "import hashlib, sys; from jldm.data import Dataset, load_split; "
+        "s = load_split(Dataset('digits', sys.argv[1]), 'train'); "
         "print(hashlib.sha1(s.images.tobytes() + s.labels.tobytes()).hexdigest())"
     )
     procs = [
@@ -122,7 +122,7 @@ def test_processes_preparing_one_data_dir_at_once_all_read_the_same_data(tmp_pat
     ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
-    train = load_split("digits", "train", str(data_dir))
+    train = load_split(Dataset("digits", str(data_dir)), "train")
     digest = hashlib.sha1(train.images.tobytes() + train.labels.tobytes()).hexdigest()
     assert [out.strip().splitlines()[-1] for out, _ in outs] == [digest] * 3  # after TFDS chatter
     versions = list((data_dir / "jldm_digits").iterdir())
@@ -131,8 +131,9 @@ def test_processes_preparing_one_data_dir_at_once_all_read_the_same_data(tmp_pat
 
 def test_fashion_builder_reads_idx_files_exactly(tmp_path: Path, fashion_dir) -> None:
     root, data = fashion_dir
+    fashion = Dataset("fashion_mnist", str(tmp_path / "tfds"), str(root))
     for split in ("train", "test"):
-        loaded = load_split("fashion_mnist", split, str(tmp_path / "tfds"), fashion_dir=str(root))
+        loaded = load_split(fashion, split)
         images, labels = data[split]
         np.testing.assert_array_equal(loaded.images, images[..., None])
         np.testing.assert_array_equal(loaded.labels, labels)
@@ -140,8 +141,9 @@ def test_fashion_builder_reads_idx_files_exactly(tmp_path: Path, fashion_dir) ->
 
 
 def test_missing_fashion_dir_is_a_user_error(tmp_path: Path) -> None:
+    missing = Dataset("fashion_mnist", str(tmp_path / "tfds"), str(tmp_path / "nope"))
     with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist"):
-        load_split("fashion_mnist", "train", str(tmp_path / "tfds"), str(tmp_path / "nope"))
+        load_split(missing, "train")
     assert not (tmp_path / "tfds").exists()
 
 
@@ -151,16 +153,17 @@ def test_corrupt_idx_file_fails_cleanly_and_leaves_nothing_prepared(
     root, data = fashion_dir
     good = (root / "t10k-labels-idx1-ubyte.gz").read_bytes()
     write_idx_gz(root / "t10k-labels-idx1-ubyte.gz", np.zeros((4, 1), np.uint8))  # wrong ndim
+    fashion = Dataset("fashion_mnist", str(tmp_path / "tfds"), str(root))
     with pytest.raises(UserError, match="magic"):
-        load_split("fashion_mnist", "test", str(tmp_path / "tfds"), str(root))
+        load_split(fashion, "test")
     (root / "t10k-labels-idx1-ubyte.gz").write_bytes(good)
-    loaded = load_split("fashion_mnist", "test", str(tmp_path / "tfds"), str(root))
+    loaded = load_split(fashion, "test")
     np.testing.assert_array_equal(loaded.labels, data["test"][1])
 
 
 def test_unprepared_catalog_dataset_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not prepared") as err:
-        load_split("mnist", "train", str(tmp_path))
+        load_split(Dataset("mnist", str(tmp_path)), "train")
     assert "tfds build mnist" in str(err.value) and "\n" not in str(err.value)
     assert list(tmp_path.iterdir()) == []
 
@@ -169,21 +172,21 @@ def test_prepared_catalog_dataset_is_read_from_disk(tmp_path: Path) -> None:
     builder = JldmTestTinyImages(data_dir=str(tmp_path), file_format="array_record")
     builder.download_and_prepare()
     name = builder.name
-    train = load_split(name, "train", str(tmp_path))
+    train = load_split(Dataset(name, str(tmp_path)), "train")
     images, labels = tiny_images(5)
     np.testing.assert_array_equal(train.images, images)
     np.testing.assert_array_equal(train.labels, labels)
     assert train.class_names == ("cat", "dog")
-    assert len(load_split(f"{name}:1.0.0", "train[:3]+test", str(tmp_path))) == 6
+    assert len(load_split(Dataset(f"{name}:1.0.0", str(tmp_path)), "train[:3]+test")) == 6
     with pytest.raises(UserError, match="pick one of test, train"):
-        load_split(name, "validation", str(tmp_path))
+        load_split(Dataset(name, str(tmp_path)), "validation")
 
     # The same files under a config folder: the bare name must say which config to pick.
     configs = tmp_path / "with_configs"
     shutil.copytree(tmp_path / name / "1.0.0", configs / name / "small" / "1.0.0")
     with pytest.raises(UserError, match=f"data.name={name}/small"):
-        load_split(name, "train", str(configs))
-    assert len(load_split(f"{name}/small", "test", str(configs))) == 3
+        load_split(Dataset(name, str(configs)), "train")
+    assert len(load_split(Dataset(f"{name}/small", str(configs)), "test")) == 3
 
     # A tfrecord-only copy cannot be read without TensorFlow.
     tfrecord = tmp_path / "tfrecord" / name / "1.0.0"
@@ -194,7 +197,7 @@ def test_prepared_catalog_dataset_is_read_from_disk(tmp_path: Path) -> None:
     info["fileFormat"] = "tfrecord"
     (tfrecord / "dataset_info.json").write_text(json.dumps(info))
     with pytest.raises(UserError, match="stored as tfrecord.*array_record"):
-        load_split(name, "train", str(tmp_path / "tfrecord"))
+        load_split(Dataset(name, str(tmp_path / "tfrecord")), "train")
 
 
 @pytest.mark.usefixtures("cloud")
@@ -203,10 +206,45 @@ def test_a_cloud_data_dir_reaches_tfds_as_given() -> None:
 
     # Not made local (/cwd/gs:/...): TFDS looked in the bucket and found nothing prepared.
     with pytest.raises(UserError, match="'mnist' is not prepared in gs://bucket/tfds: "):
-        open_split("mnist", "train", "gs://bucket/tfds/")
+        open_split(Dataset("mnist", "gs://bucket/tfds/"), "train")
     # This array_record build writes local files only: one line saying what to do instead.
     with pytest.raises(UserError, match="cannot write dataset 'digits' into gs://bucket/tfds"):
-        open_split("digits", "train", "gs://bucket/tfds")
+        open_split(Dataset("digits", "gs://bucket/tfds"), "train")
+
+
+def test_the_registry_names_the_built_in_datasets_and_their_quality_classifiers() -> None:
+    from jldm.data.datasets import BUILTINS, has_quality, reference_split
+
+    assert sorted(BUILTINS) == ["digits", "fashion_mnist"]
+    assert has_quality("digits") and has_quality("fashion_mnist")
+    assert not has_quality("mnist") and not has_quality("cifar10/plain:1.0.0")
+    assert reference_split("digits") == reference_split("cifar10") == "test"
+
+
+def test_a_dataset_is_named_once_from_the_config(tmp_path: Path, monkeypatch) -> None:
+    from jldm.configs.default import get_config
+    from jldm.data.datasets import DEFAULT_FASHION_DIR, dataset_of
+
+    monkeypatch.chdir(tmp_path)
+    d = get_config().data
+    d.data_dir, d.fashion_dir = "tfds", "~/fashion"
+    # The source folder identifies fashion_mnist only; paths are resolved where it is named.
+    assert dataset_of(d) == Dataset("digits", str(tmp_path / "tfds"))
+    assert dataset_of(d).source_dir == ""
+    d.name = "fashion_mnist"
+    fashion = dataset_of(d)
+    assert (fashion.data_dir, fashion.source_dir) == (
+        str(tmp_path / "tfds"),
+        str(Path("~/fashion").expanduser()),
+    )
+    assert Dataset("fashion_mnist", "tfds").source_dir == DEFAULT_FASHION_DIR
+    d.name = "mnist:3.0.1"
+    assert dataset_of(d) == Dataset("mnist:3.0.1", "tfds/", "elsewhere")
+    # Equal data, one cached split.
+    digits = load_split(Dataset("digits", "tfds"), "test")
+    assert load_split(Dataset("digits", str(tmp_path / "tfds") + "/", "x"), "test") is digits
+    with pytest.raises(UserError, match="not a dataset name: use digits, fashion_mnist, or a"):
+        load_split(Dataset("no such/name/x", "tfds"), "train")
 
 
 def test_split_rejects_wrong_dtypes() -> None:

@@ -13,6 +13,7 @@ from sklearn.datasets import load_digits
 
 import jldm.eval.classifier as classifier_mod
 import jldm.eval.quality as quality_mod
+from jldm.data.datasets import Dataset
 from jldm.errors import UserError
 from jldm.eval import (
     Classifier,
@@ -250,9 +251,10 @@ def test_sample_quality_uses_load_split_and_the_cached_classifier(
     clf, digits, cache_dir, monkeypatch
 ):
     loaded = []
+    digits_on_disk = Dataset("digits", "unused")
 
-    def load_split(name, split, data_dir, fashion_dir=""):
-        assert name == "digits"
+    def load_split(dataset, split):
+        assert dataset == digits_on_disk
         loaded.append(split)
         return types.SimpleNamespace(
             images=digits[f"{split}_images"], labels=digits[f"{split}_labels"]
@@ -263,14 +265,14 @@ def test_sample_quality_uses_load_split_and_the_cached_classifier(
     monkeypatch.setattr(classifier_mod, "_train", lambda *a, **k: pytest.fail("retrained"))
     quality_mod._reference_cached.cache_clear()
     up = _resize(_unit(digits["train_images"][:300]), 16)
-    result = sample_quality(up, digits["train_labels"][:300], "digits", "unused", "", cache_dir)
+    result = sample_quality(up, digits["train_labels"][:300], digits_on_disk, cache_dir)
     assert result["class_accuracy"] >= 0.9
     assert result["test_accuracy"] == pytest.approx(
         clf.accuracy(_unit(digits["test_images"]), digits["test_labels"])
     )
     assert 0.0 < result["frechet"] < 50.0
     assert 0.0 <= result["precision"] <= 1.0 and 0.0 <= result["recall"] <= 1.0
-    again = sample_quality(up, None, "digits", "unused", "", cache_dir)
+    again = sample_quality(up, None, digits_on_disk, cache_dir)
     assert again["frechet"] == result["frechet"] and again["class_accuracy"] is None
     # The second call reuses the reference instead of reloading both splits.
     assert sorted(loaded) == ["test", "train"]

@@ -183,9 +183,19 @@ def test_streamed_statistics_equal_the_whole_set_statistics():
     np.testing.assert_allclose(sigma, feature_stats(few)[1], rtol=1e-9, atol=1e-12)
 
 
+def test_a_dataset_reference_is_dataset_colon_split():
+    from jldm.eval.fid import parse_ref
+
+    assert parse_ref("digits:test") == ("digits", "test")
+    assert parse_ref("mnist/plain:3.0.1:train[:10%]") == ("mnist/plain:3.0.1", "train[:10%]")
+    for bad in ("digits", ":test", "digits:"):
+        with pytest.raises(UserError, match="pass DATASET:SPLIT"):
+            parse_ref(bad)
+
+
 def test_fid_of_a_folder_of_shards_and_of_a_dataset_split(weights, tmp_path, monkeypatch):
     from jldm.convert.inception import load_inception
-    from jldm.data import load_split
+    from jldm.data import Dataset, load_split
     from jldm.eval import fid as fid_module
 
     _, legacy, _ = weights
@@ -203,9 +213,10 @@ def test_fid_of_a_folder_of_shards_and_of_a_dataset_split(weights, tmp_path, mon
 
     # A dataset split as the reference: the statistics of its images in an .npz, then cached.
     data_dir = str(tmp_path / "tfds")
-    np.savez(ref, images=load_split("digits", "test[:6]", data_dir).images)
-    dirs = (data_dir, str(tmp_path / "none"))
-    split = lambda: fid_module.dataset_stats(model, variables, "digits:test[:6]", legacy, 4, *dirs)
+    digits = Dataset("digits", data_dir, str(tmp_path / "none"))
+    np.savez(ref, images=load_split(digits, "test[:6]").images)
+    assert fid_module.parse_ref("digits:test[:6]") == ("digits", "test[:6]")
+    split = lambda: fid_module.dataset_stats(model, variables, digits, "test[:6]", legacy, 4)
     first = split()
     for a, b in zip(first, stats(ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)

@@ -6,6 +6,7 @@ outside are in test_reliability.py and test_cli.py.)"""
 import dataclasses
 import importlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -159,8 +160,9 @@ def _steps(workdir) -> list[int]:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_task_stops_resumes_bit_exactly_and_refuses_or_skips_nan(
-    kind, root, finished_stage1, tmp_path, monkeypatch, capsys
+    kind, root, finished_stage1, tmp_path, monkeypatch, caplog
 ):
+    caplog.set_level(logging.INFO, logger="jldm")
     config = _config(kind, root, finished_stage1)
     section = config.stage1 if kind == "stage1" else config.train
     total, k = section.steps, section.get("steps_per_call", 1)
@@ -172,11 +174,11 @@ def test_every_task_stops_resumes_bit_exactly_and_refuses_or_skips_nan(
     # SIGTERM halfway: a checkpoint of that step, and False (not complete).
     stopped = _run(kind, config, b, _signal_after(half // k))
     assert not stopped.complete and int(stopped.state.step) == half and _steps(b) == [half]
-    assert f"stopped by SIGTERM at step {half}: checkpoint saved" in capsys.readouterr().out
+    assert f"stopped by SIGTERM at step {half}: checkpoint saved" in caplog.text
     shutil.copytree(b, c)
     if kind in NAN_KINDS:
         _nan_refused_or_skipped(kind, config, section, b, stopped, half, total, monkeypatch)
-        assert f"skipped {total - half} of {total - half} steps" in capsys.readouterr().out
+        assert f"skipped {total - half} of {total - half} steps" in caplog.text
 
     # The copy taken at the stop resumes to exactly the uninterrupted run.
     resumed = _run(kind, config, c, _no_finish)

@@ -13,6 +13,7 @@ import pytest
 from jldm.build.autoencoder import build_autoencoder
 from jldm.data import batches_for
 from jldm.data import latents as latent_set
+from jldm.data.datasets import dataset_of
 from jldm.data.sources import open_split
 from jldm.data.stream import Pixels, stream
 from jldm.errors import UserError
@@ -29,7 +30,7 @@ def setup(tmp_path_factory):
     """(config, pixel source, stage 1, in-memory (mean, std, labels) of every training image)."""
     root = tmp_path_factory.mktemp("latents")
     config = tiny_ldm(str(root / "tfds"))
-    source = Pixels(open_split("digits", "train", config.data.data_dir), config.data.resolution)
+    source = Pixels(open_split(dataset_of(config.data), "train"), config.data.resolution)
     ae = build_autoencoder(config)
     images, labels = source.rows(np.arange(len(source)))
     params = jax.jit(ae.init)(jax.random.PRNGKey(3), images[:1])["params"]

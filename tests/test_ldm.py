@@ -118,9 +118,9 @@ def test_compare_reports_both_stages_training_speed_and_prompted_accuracy(traine
     assert row["images_s"] == pytest.approx(row["num_samples"] / row["sample_s"])
     assert 0 <= row["class_accuracy"] <= 1 and row["bits_per_dim"] is None
     # The stage-1 error on the test split, recomputed here from the autoencoder itself.
-    from jldm.data import load_split, preprocess
+    from jldm.data import dataset_of, load_split, preprocess
 
-    test = load_split("digits", "test", config.data.data_dir, config.data.fashion_dir)
+    test = load_split(dataset_of(config.data), "test")
     x = np.asarray(preprocess(test.images[:500], config.data.resolution), np.float32)
     ae, params, _ = api.load(workdir).stage1
     recon = np.asarray(ae.apply({"params": params}, x)[0])

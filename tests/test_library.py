@@ -1,5 +1,6 @@
-"""jldm is a library: importing it defines no absl flag and prints nothing, so a researcher's
-own absl program, with flags of its own, can call jldm.train."""
+"""jldm is a library: importing it defines no absl flag, prints nothing and sets up no logging,
+so a researcher's own absl program, with flags of its own, can call jldm.train; a training run
+reports through the `jldm` logger, which shows nothing until the program configures logging."""
 
 import json
 import os
@@ -9,11 +10,18 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Imports jldm and every module under it (the command lines of jldm.scripts aside) and writes
-# each flag that appeared on absl's global FLAGS, with the module that defined it, to argv[1].
+# each flag that appeared on absl's global FLAGS, with the module that defined it, to argv[1],
+# with what became of the logging setup. The root logger gets a handler of the program's own
+# first: absl configures a bare root logger on a dependency's first absl log call (Orbax makes
+# one on import), and with a handler there any change to the root logger is jldm's.
 _IMPORT_EVERYTHING = """
-import importlib, json, pkgutil, sys
-from absl import app, flags, logging  # absl's own flags are the baseline
+import importlib, json, logging, pkgutil, sys
+from absl import app, flags  # absl's own flags are the baseline
+import absl.logging
 
+mine = logging.NullHandler()
+logging.root.addHandler(mine)
+root_level = logging.root.level
 before = set(flags.FLAGS)
 import jldm
 
@@ -26,8 +34,17 @@ for info in pkgutil.walk_packages(jldm.__path__, "jldm."):
     modules.append(name)
 new = sorted(set(flags.FLAGS) - before)
 owners = {n: flags.FLAGS.find_module_defining_flag(n) for n in new}
+loggers = [logging.getLogger("jldm")] + [
+    v for k, v in logging.root.manager.loggerDict.items()
+    if k.startswith("jldm.") and isinstance(v, logging.Logger)
+]
+logs = {
+    "root_untouched": logging.root.handlers == [mine] and logging.root.level == root_level,
+    "module_loggers": sorted(g.name for g in loggers if g.name != "jldm"),
+    "set_up": sorted(g.name for g in loggers if g.handlers or g.level or not g.propagate),
+}
 with open(sys.argv[1], "w") as f:
-    json.dump({"modules": modules, "owners": owners, "all": sorted(flags.FLAGS)}, f)
+    json.dump({"modules": modules, "owners": owners, "all": sorted(flags.FLAGS), "logs": logs}, f)
 """
 
 
@@ -42,7 +59,13 @@ def _python(args: list[str], cwd, timeout: int) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], **run)
 
 
-def test_importing_every_module_defines_no_flag_and_prints_nothing(tmp_path):
+def _not_tfds(stdout: str) -> list[str]:
+    """stdout's lines but the two TFDS itself prints while it prepares a fresh data_dir."""
+    tfds = ("Downloading and preparing dataset", "downloaded and prepared to")
+    return [s for s in stdout.splitlines() if not any(t in s for t in tfds)]
+
+
+def test_importing_every_module_defines_no_flag_prints_nothing_and_sets_up_no_logging(tmp_path):
     report = tmp_path / "flags.json"
     done = _python(["-c", _IMPORT_EVERYTHING, str(report)], tmp_path, 300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -57,6 +80,10 @@ def test_importing_every_module_defines_no_flag_and_prints_nothing(tmp_path):
     # The names a researcher's program is likely to define, which jldm's commands take.
     common = {"batch_size", "seed", "out", "weights", "data_dir", "nfe", "workdir", "config"}
     assert common & set(seen["all"]) == set()
+    # No handler, level or propagation change on the root logger, `jldm` or a module's logger.
+    logs = seen["logs"]
+    assert logs["root_untouched"] and logs["set_up"] == []
+    assert {"jldm.train.fit", "jldm.runs.checkpoint"} <= set(logs["module_loggers"])
 
 
 _ABSL_PROGRAM = """
@@ -95,6 +122,38 @@ def test_an_absl_program_with_its_own_flags_calls_jldm_train(tmp_path):
     argv = [str(program), "--batch_size=8", "--seed=3", f"--data_dir={tmp_path / 'tfds'}"]
     done = _python([*argv, f"--workdir={workdir}"], tmp_path, 600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert _not_tfds(done.stdout) == []
     assert "4" in os.listdir(workdir / "checkpoints")  # tiny_config's train.steps
     config = json.loads((workdir / "config.json").read_text())
     assert config["train"]["batch_size"] == 8 and config["seed"] == 3
+
+
+_PLAIN_PROGRAM = """
+import logging
+import sys
+
+sys.path.insert(0, {root!r})
+
+from jldm import train
+from tests.tiny import tiny_config
+
+data_dir, workdir = sys.argv[1:]
+assert train(tiny_config(data_dir), workdir)
+# A notebook's way to see the progress lines (force: the root logger has a handler already).
+logging.basicConfig(level=logging.INFO, force=True)
+assert train(tiny_config(data_dir), workdir)
+"""
+
+
+def test_training_prints_nothing_until_the_program_configures_logging(tmp_path):
+    program = tmp_path / "plain.py"
+    program.write_text(_PLAIN_PROGRAM.format(root=ROOT))
+    workdir = tmp_path / "run"
+    done = _python([str(program), str(tmp_path / "tfds"), str(workdir)], tmp_path, 600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _not_tfds(done.stdout) == []
+    # Unconfigured, Python shows warnings only: the first run's INFO lines stay hidden.
+    assert "final samples:" not in done.stderr, done.stderr[-3000:]
+    # Configured, the second call's line comes through the module's logger.
+    line = f"INFO:jldm.train.fit:{workdir}: already trained to step 4 (train.steps=4)"
+    assert line in done.stderr.splitlines(), done.stderr[-3000:]

@@ -4,15 +4,15 @@ any resume point; flips by (seed, step); a worker's error raised where batches a
 import numpy as np
 import pytest
 
-from jldm.data import batches_for, load_split, preprocess
+from jldm.data import Dataset, batches_for, load_split, preprocess
 from jldm.data.sources import open_split
 from jldm.data.stream import ArraySource, Pixels, stream
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    return open_split("digits", "train", data_dir), load_split("digits", "train", data_dir)
+    digits = Dataset("digits", str(tmp_path_factory.mktemp("tfds")))
+    return open_split(digits, "train"), load_split(digits, "train")
 
 
 def _all(it):

@@ -3,6 +3,7 @@ encodes and decodes, writes sample.py's outputs and compare's row; its bits/dim 
 diffusion runs' dequantisation convention, checked against closed forms."""
 
 import json
+import logging
 import math
 import os
 
@@ -179,11 +180,12 @@ def test_binarised_bernoulli_bits_per_dim_match_the_closed_form(data_dir):
         vae_bits_per_dim(run, pixels)
 
 
-def test_sample_py_outputs_of_a_vae_run(trained, tmp_path, capsys):
+def test_sample_py_outputs_of_a_vae_run(trained, tmp_path, caplog):
     _, workdir = trained
     run = api.load(workdir)
     out = str(tmp_path / "s")
     labels = np.repeat(np.arange(10, dtype=np.int32), 2)
+    caplog.set_level(logging.INFO, logger="jldm")
     paths = sample_vae_run(run, out, labels=labels, per_class=2, seed=3, metrics=False)
     assert paths == [out + ".png", out + ".npz", out + "_recon.png", out + "_interp.png"]
     saved = np.load(out + ".npz")
@@ -194,7 +196,7 @@ def test_sample_py_outputs_of_a_vae_run(trained, tmp_path, capsys):
     assert cells(out + ".png") == [10, 2]
     assert cells(out + "_recon.png") == [4, 2]  # 4 test images: 2 rows of images, 2 of recons
     assert cells(out + "_interp.png") == [2, 3 + 2]  # image a, 3 steps, image b
-    assert "20 prior samples" in capsys.readouterr().out
+    assert "20 prior samples" in caplog.text
     with pytest.raises(UserError, match="--sampler does not apply to a VAE run"):
         sample_vae_run(run, out, labels=labels, per_class=2, unused={"sampler": "ddim"})
 

@@ -4,9 +4,9 @@ converted once and kept as an Orbax checkpoint in the user's cache folder for fa
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 import time
 from typing import Any, NamedTuple
 
@@ -32,6 +32,8 @@ from jldm.nn import autoencoder, layers, text_encoder
 from jldm.nn import unet as unet_module
 from jldm.nn.layers import Dtype
 from jldm.nn.text_encoder import CLIPTextEncoder
+
+logger = logging.getLogger(__name__)
 
 _MARKER = "jldm-cache.json"
 # Bump when the converted layout changes, so older caches are rebuilt instead of misread.
@@ -175,18 +177,14 @@ def load_pretrained(
                     root, unet, vae, text, sched, params, time.perf_counter() - t0, "cache"
                 )
             except Exception as e:  # a damaged cache is rebuilt from the source files
-                print(
-                    f"warning: cache {path} unreadable ({type(e).__name__}); reconverting",
-                    file=sys.stderr,
+                logger.warning(
+                    f"warning: cache {path} unreadable ({type(e).__name__}); reconverting"
                 )
     params = convert_folder(root, specs)
     seconds = time.perf_counter() - t0
     if path:
         if not _save_cache(path, params, marker):
-            print(
-                f"warning: cannot write the cache {path}; the next load converts again",
-                file=sys.stderr,
-            )
+            logger.warning(f"warning: cannot write the cache {path}; the next load converts again")
         elif verbose:
-            print(f"converted {root} in {seconds:.1f} s; cached in {path}")
+            logger.info(f"converted {root} in {seconds:.1f} s; cached in {path}")
     return Pretrained(root, unet, vae, text, sched, params, seconds, "converted")

@@ -1,4 +1,5 @@
-"""Datasets as in-memory numpy splits, preprocessing, and the resumable sample order.
+"""Datasets (a registry of built-ins and the Dataset value naming one on disk), splits read by
+index or whole in memory as numpy, preprocessing, and the resumable sample order.
 
 The names below load their module on first use, so importing a submodule (jldm.data.paths,
 say) does not import TensorFlow Datasets.
@@ -7,10 +8,14 @@ say) does not import TensorFlow Datasets.
 import importlib
 
 _HOMES = {
-    "Split": "sources",
+    "Dataset": "datasets",
+    "dataset_of": "datasets",
+    "has_quality": "datasets",
+    "Split": "records",
     "load_split": "sources",
-    "preprocess": "sources",
-    "to_unit": "sources",
+    "open_split": "sources",
+    "preprocess": "preprocessing",
+    "to_unit": "preprocessing",
     "batch_indices": "order",
     "batches_for": "order",
 }

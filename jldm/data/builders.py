@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jldm.data.datasets import DEFAULT_FASHION_DIR
 from jldm.errors import UserError
-
-DEFAULT_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
 FASHION_CLASS_NAMES = (
     "T-shirt/top",

@@ -1,7 +1,7 @@
 """Training batches streamed from a source read by index, in grain worker threads.
 
 A source has len() and rows(idx [n]) -> (images [n, ...], labels [n]): a TFDS split read record
-by record (sources.Records, nothing held in memory), stage-1 posteriors on disk
+by record (records.Records, nothing held in memory), stage-1 posteriors on disk
 (latents.LatentRecords, whose draw(rows, seed, positions) samples each row's latent), or arrays
 already in memory (ArraySource). Either way, the rows of step s are batches_for(seed, s):
 this process's slice of the global batch only, a pure function of (seed, step), so a resumed
@@ -16,7 +16,7 @@ import grain
 import numpy as np
 
 from jldm.data.order import batches_for
-from jldm.data.sources import preprocess
+from jldm.data.preprocessing import preprocess
 
 # Flip decisions get their own Philox stream, apart from the sample order's.
 _FLIP_STREAM = 0x466C6970
@@ -50,7 +50,7 @@ def flips(seed: int, step: int, shape: tuple[int, ...]) -> np.ndarray:
 
 
 class Pixels:
-    """A split's records (sources.Records) as model inputs: images bilinearly resized to
+    """A split's records (records.Records) as model inputs: images bilinearly resized to
     resolution, float32 in [-1, 1], prepared per batch where they are read."""
 
     def __init__(self, records: Source, resolution: int):

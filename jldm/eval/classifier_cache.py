@@ -11,6 +11,7 @@ import numpy as np
 
 from jldm.cache import cache_root
 from jldm.data import paths
+from jldm.data.datasets import Dataset
 from jldm.eval.classifier import Classifier, check_training_set, data_key, train_classifier
 
 log = logging.getLogger(__name__)
@@ -52,20 +53,15 @@ def get_classifier(
     return classifier
 
 
-def classifier_for(
-    dataset_name: str,
-    data_dir: str,
-    fashion_dir: str = "/usr/share/datasets/fashion-mnist",
-    cache_dir: str | None = None,
-) -> Classifier:
+def classifier_for(dataset: Dataset, cache_dir: str | None = None) -> Classifier:
     """The cached classifier of a dataset's train split (trained on first use).
 
     cache_dir: the cache folder (default: $JLDM_CACHE_DIR, else ~/.cache/jldm; see cache_folder).
     """
     from jldm.data import load_split
 
-    train = load_split(dataset_name, "train", data_dir, fashion_dir=fashion_dir)
+    train = load_split(dataset, "train")
     # Catalog names such as "name/config:1.2.3" must not become subfolders.
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", dataset_name)
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", dataset.name)
     path = paths.join(cache_folder(cache_dir), f"classifier_{safe}.npz")
     return get_classifier(train.images, train.labels, path)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jldm.data.datasets import Dataset
 from jldm.data.paths import is_local, isdir, isfile, join, listdir, read_bytes
 from jldm.errors import UserError
 from jldm.eval.frechet import feature_stats, frechet_distance
@@ -146,27 +147,32 @@ def set_stats(model, variables, path: str, batch_size: int) -> Stats:
     return _image_stats(model, variables, data, path, batch_size)
 
 
-def dataset_stats(
-    model, variables, ref: str, weights: str, batch_size: int, data_dir: str, fashion_dir: str
-) -> Stats:
-    """Stats of a dataset split DATASET:SPLIT, cached per split and weights file."""
-    from jldm.cache import cache_root
-    from jldm.data import load_split
-
-    colon = ref.split("[", 1)[0].rfind(":")  # DATASET may hold a version, SPLIT a slice
+def parse_ref(ref: str) -> tuple[str, str]:
+    """--ref DATASET:SPLIT -> (DATASET, SPLIT); DATASET may hold a version, SPLIT a slice."""
+    colon = ref.split("[", 1)[0].rfind(":")
     name, split = ref[:colon], ref[colon + 1 :]
     if colon < 1 or not split:
         raise UserError(f"--ref={ref!r}: pass DATASET:SPLIT, e.g. digits:test")
+    return name, split
+
+
+def dataset_stats(
+    model, variables, dataset: Dataset, split: str, weights: str, batch_size: int
+) -> Stats:
+    """Stats of a dataset's split, cached per dataset name, split and weights file."""
+    from jldm.cache import cache_root
+    from jldm.data import load_split
+
     st = os.stat(weights)
     tag = hashlib.sha256(f"{os.path.abspath(weights)}|{st.st_size}|{st.st_mtime_ns}".encode())
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{name}-{split}")
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{dataset.name}-{split}")
     path = os.path.join(cache_root(), "fid", f"{safe}-{tag.hexdigest()[:12]}.npz")
     if os.path.isfile(path):
         with np.load(path) as z:
             feats = z["features"] if "features" in z.files else None
             return Stats(z["mu"], z["sigma"], feats, int(z["count"]))
-    images = load_split(name, split, data_dir, fashion_dir).images
-    stats = _image_stats(model, variables, images, ref, batch_size)
+    images = load_split(dataset, split).images
+    stats = _image_stats(model, variables, images, f"{dataset.name}:{split}", batch_size)
     kept = {} if stats.features is None else {"features": stats.features}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}.npz")
@@ -235,40 +241,38 @@ def _inception(weights: str):
 
 def fid_to_split(
     images01: np.ndarray,
-    ref: str,
+    dataset: Dataset,
+    split: str,
     weights: str,
-    data_dir: str,
-    fashion_dir: str,
     batch_size: int = 50,
 ) -> float:
-    """FID of images01 [N, H, W, C] in [0, 1] against the dataset split ref (DATASET:SPLIT),
-    whose statistics are cached as --ref's (dataset_stats)."""
+    """FID of images01 [N, H, W, C] in [0, 1] against a dataset's split, whose statistics are
+    cached as --ref's (dataset_stats)."""
     model, variables = _inception(weights)
     batch_size = max(1, min(batch_size, len(images01)))  # a few samples: no padded batch
     samples = _image_stats(model, variables, images01, "samples", batch_size)
-    reference = dataset_stats(model, variables, ref, weights, batch_size, data_dir, fashion_dir)
+    reference = dataset_stats(model, variables, dataset, split, weights, batch_size)
     return fid_between(samples, reference)
 
 
 def fid(
     samples: str,
-    reference: str,
+    reference: str | tuple[Dataset, str],
     weights: str,
     batch_size: int = 50,
     save_stats: str | None = None,
-    data_dirs: tuple[str, str] | None = None,
 ) -> tuple[float, int, int]:
     """(FID, N samples, N reference) between two sets (.npz files or folders of shards; N = 0
-    for statistics), with Inception weights from a file. data_dirs (data_dir, fashion_dir):
-    reference is a dataset split DATASET:SPLIT instead."""
+    for statistics), with Inception weights from a file. reference may instead be a dataset
+    split, (Dataset, SPLIT)."""
     from jldm.convert.inception import load_inception
 
     model, variables = load_inception(weights)
     set1 = set_stats(model, variables, samples, batch_size)
-    if data_dirs is None:
-        set2 = set_stats(model, variables, reference, batch_size)
+    if isinstance(reference, tuple):
+        set2 = dataset_stats(model, variables, *reference, weights, batch_size)
     else:
-        set2 = dataset_stats(model, variables, reference, weights, batch_size, *data_dirs)
+        set2 = set_stats(model, variables, reference, batch_size)
     if save_stats:
         np.savez(save_stats, mu=set2.mu, sigma=set2.sigma)
     return fid_between(set1, set2), set1.count, set2.count

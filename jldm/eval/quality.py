@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jldm.data.datasets import Dataset, reference_split
 from jldm.data.paths import resolve
 from jldm.errors import UserError
 from jldm.eval.classifier import Classifier
@@ -19,8 +20,6 @@ from jldm.eval.precision_recall import precision_recall
 
 _CHUNK = 4096
 _K = 3  # neighbours of precision and recall (Kynkaanniemi et al.'s default)
-
-FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 @dataclass(eq=False)
@@ -123,38 +122,28 @@ def _precision_recall(real: np.ndarray, fake: np.ndarray) -> tuple[float | None,
 
 
 @functools.lru_cache(maxsize=4)
-def _reference_cached(
-    dataset_name: str, data_dir: str, fashion_dir: str, cache_dir: str
-) -> Reference:
+def _reference_cached(dataset: Dataset, cache_dir: str) -> Reference:
     from jldm.data import load_split
 
-    classifier = classifier_for(dataset_name, data_dir, fashion_dir, cache_dir)
-    test = load_split(dataset_name, "test", data_dir, fashion_dir=fashion_dir)
+    classifier = classifier_for(dataset, cache_dir)
+    test = load_split(dataset, reference_split(dataset.name))
     return make_reference(classifier, test.images, test.labels)
 
 
-def reference_for(
-    dataset_name: str,
-    data_dir: str,
-    fashion_dir: str = FASHION_DIR,
-    cache_dir: str | None = None,
-) -> Reference:
+def reference_for(dataset: Dataset, cache_dir: str | None = None) -> Reference:
     """The Reference of a dataset (classifier cached on disk, statistics kept for the process).
 
     cache_dir: where the classifier is cached (default: $JLDM_CACHE_DIR, else ~/.cache/jldm).
     """
-    # Keyed by resolved paths so periodic evaluation during training loads both splits once.
-    return _reference_cached(
-        dataset_name, resolve(data_dir), resolve(fashion_dir), resolve(cache_folder(cache_dir))
-    )
+    # Keyed by resolved paths (the dataset's own are) so periodic evaluation during training
+    # loads both splits once.
+    return _reference_cached(dataset, resolve(cache_folder(cache_dir)))
 
 
 def sample_quality(
     images01: np.ndarray,
     labels: np.ndarray | None,
-    dataset_name: str,
-    data_dir: str,
-    fashion_dir: str = FASHION_DIR,
+    dataset: Dataset,
     cache_dir: str | None = None,
 ) -> dict[str, float | int | None]:
     """Quality of samples images01: [N, H, W, C] in [0, 1] with their class labels: [N] or None.
@@ -165,5 +154,5 @@ def sample_quality(
     classifier's own accuracy on the test split, the ceiling for class_accuracy) and num_samples.
     The classifier is trained once per dataset and cached in cache_dir (see reference_for).
     """
-    reference = reference_for(dataset_name, data_dir, fashion_dir, cache_dir)
+    reference = reference_for(dataset, cache_dir)
     return score_samples(reference, images01, labels)

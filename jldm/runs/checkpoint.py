@@ -4,8 +4,8 @@ WORKDIR may be a cloud folder (gs://...): Orbax gets that path as given and writ
 """
 
 import functools
+import logging
 import os
-import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -14,6 +14,8 @@ from jldm.build.state import TrainState
 from jldm.data.paths import exists, join, rename, resolve
 from jldm.errors import UserError
 from jldm.runs.orbax_echoes import quiet_abandoned_reads
+
+logger = logging.getLogger(__name__)
 
 # Unreadable step folders are renamed to this prefix + step; orbax's step pattern (digits only)
 # does not match it, so they are kept for the user but never listed or restored.
@@ -217,4 +219,4 @@ def _report_fallback(
         moved = _move_aside(mngr, [s for s, _ in bad])
         line += f"; kept as {', '.join(moved)}"
     if jax.process_index() == 0:
-        print(line, file=sys.stderr, flush=True)
+        logger.warning(line)

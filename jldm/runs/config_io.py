@@ -5,12 +5,15 @@ either way (a renamed temporary file, one object upload).
 """
 
 import json
+import logging
 import time
 
 import ml_collections
 
 from jldm.data.paths import isdir, isfile, join, makedirs, read_text, rename, write_text_atomic
 from jldm.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 # Sections that define what a checkpoint is; a workdir keeps them fixed across restarts.
 _ARCHITECTURE = ("model", "diffusion", "data", "text", "stage1", "vae")
@@ -88,6 +91,6 @@ def write_config(workdir: str, config: ml_collections.ConfigDict, force: bool = 
     if architecture_changes(workdir, config) and isdir(old_ckpt):
         kept = f"{old_ckpt}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
         rename(old_ckpt, kept)
-        print(f"--force: the previous run's checkpoints are kept in {kept}")
+        logger.info(f"--force: the previous run's checkpoints are kept in {kept}")
     makedirs(workdir)
     write_text_atomic(config_path(workdir), config.to_json(indent=2))

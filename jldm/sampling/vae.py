@@ -6,6 +6,7 @@ probabilities), as jldm.generate returns them for diffusion runs. Samples of a c
 VAE need labels; an unconditional one takes num (or uses labels only for their count).
 """
 
+import logging
 import time
 
 import jax
@@ -13,10 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jldm.build.vae import image_mean, is_conditional, networks
+from jldm.data.datasets import dataset_of, has_quality
 from jldm.errors import UserError
 from jldm.runs.load import Loaded
 from jldm.sampling.pipeline import Generator
 from jldm.sampling.vae_likelihood import eval_pixels
+
+logger = logging.getLogger(__name__)
 
 _BATCH = 256
 
@@ -195,14 +199,14 @@ def sample_vae_run(
     path = interpolate(run, a, b, pair_labels if cond else None, s.interpolation_steps)
     grid = np.concatenate([a[:, None], path, b[:, None]], axis=1)
     paths.append(save_grid(grid.reshape(-1, *grid.shape[2:]), out + "_interp.png", grid.shape[1]))
-    print(
+    logger.info(
         f"step {run.step}: {len(images)} prior samples (1 decoder pass each), "
         f"{seconds:.1f} s incl. compile"
     )
-    if metrics and d.name in ("digits", "fashion_mnist"):
+    if metrics and has_quality(d.name):
         from jldm.eval import sample_quality
 
-        q = sample_quality(images, labels if cond else None, d.name, d.data_dir, d.fashion_dir)
-        print("quality: " + ", ".join(f"{k} {v:.4f}" for k, v in q.items() if v is not None))
-    print("samples: " + " ".join(paths))
+        q = sample_quality(images, labels if cond else None, dataset_of(d))
+        logger.info("quality: " + ", ".join(f"{k} {v:.4f}" for k, v in q.items() if v is not None))
+    logger.info("samples: " + " ".join(paths))
     return paths

@@ -34,9 +34,10 @@ def eval_pixels(
     """The first num (None: all) test images at the model's resolution as 8-bit values
     [N,R,R,C] uint8, and their labels [N]: the images every run's bits/dim are measured on."""
     from jldm.data import load_split, preprocess, to_unit
+    from jldm.data.datasets import dataset_of, reference_split
 
     d = config.data
-    test = load_split(d.name, "test", d.data_dir, d.fashion_dir)
+    test = load_split(dataset_of(d), reference_split(d.name))
     x01 = to_unit(preprocess(test.images[:num], d.resolution))
     return np.round(x01 * 255.0).astype(np.uint8), test.labels[:num]
 

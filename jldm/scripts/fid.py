@@ -20,6 +20,7 @@ import time
 from absl import flags
 
 from jldm.cli import run_main
+from jldm.data.datasets import DEFAULT_FASHION_DIR, Dataset
 from jldm.errors import UserError
 from jldm.eval import fid as fid_lib
 
@@ -47,10 +48,16 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string(
     "fashion_dir",
-    "/usr/share/datasets/fashion-mnist",
+    DEFAULT_FASHION_DIR,
     "--ref fashion_mnist: its IDX files.",
     flag_values=FLAGS,
 )
+
+
+def _dataset_ref(ref: str) -> tuple[Dataset, str]:
+    """--ref DATASET:SPLIT as (the Dataset in --data_dir, SPLIT)."""
+    name, split = fid_lib.parse_ref(ref)
+    return Dataset(name, FLAGS.data_dir, FLAGS.fashion_dir), split
 
 
 def main(argv: list[str]) -> None:
@@ -73,9 +80,8 @@ def main(argv: list[str]) -> None:
     if FLAGS.save_stats and os.path.exists(FLAGS.save_stats):
         raise UserError(f"--save_stats {FLAGS.save_stats} exists: pick a new path")
     t0 = time.perf_counter()
-    ref = FLAGS.ref or argv[1]
-    dirs = (FLAGS.data_dir, FLAGS.fashion_dir) if FLAGS.ref else None
-    value, n1, n2 = fid_lib.fid(argv[0], ref, weights, FLAGS.batch_size, FLAGS.save_stats, dirs)
+    ref = argv[1] if not FLAGS.ref else _dataset_ref(FLAGS.ref)
+    value, n1, n2 = fid_lib.fid(argv[0], ref, weights, FLAGS.batch_size, FLAGS.save_stats)
     count = lambda n: f"{n} images" if n else "stored stats"
     print(
         f"FID {value:.4f} ({count(n1)} vs {count(n2)}, {time.perf_counter() - t0:.1f} s)",

@@ -1,5 +1,6 @@
 """The diffusion task: the conditional UNet on images (or stage-1 latents) by its objective."""
 
+import logging
 import os
 
 import jax
@@ -13,6 +14,7 @@ from jldm.build.noise import build_schedule
 from jldm.build.objectives import build_loss
 from jldm.build.state import abstract_state, create_state, make_optimizer
 from jldm.build.text import condition_fn
+from jldm.data.datasets import dataset_of, has_quality, reference_split
 from jldm.data.stream import Source
 from jldm.errors import UserError
 from jldm.eval import make_grid, sample_quality, save_grid
@@ -25,6 +27,8 @@ from jldm.train.fit import Task, Watched
 from jldm.train.inputs import as_source, source_batches
 from jldm.train.sharding import batch_sharding, check_batch, make_mesh, state_sharding
 from jldm.train.step import make_train_step, make_update
+
+logger = logging.getLogger(__name__)
 
 
 def diffusion_task(
@@ -90,7 +94,7 @@ def diffusion_task(
                 )
             path = os.path.join(workdir, "samples_final.png")
             save_grid(x, path, ncols=config.sample.per_class)
-            print(f"final samples: {path}")
+            logger.info(f"final samples: {path}")
 
     def watch(state, step: int) -> Watched:
         run = ema_run(state)
@@ -110,9 +114,6 @@ def diffusion_task(
     )
 
 
-_QUALITY_DATASETS = ("digits", "fashion_mnist")
-
-
 class Watcher:
     """A run in progress, seen through its EMA params: one row per class of samples (a
     super-resolution run sharpens downsampled training images instead) and, from
@@ -127,14 +128,15 @@ class Watcher:
         d = config.data
         self.num = config.train.get("sample_quality", 0)
         plain = self.num and sr_factor(config) == 1
-        self.scored = plain and d.name in _QUALITY_DATASETS
+        self.dataset = dataset_of(d)
+        self.scored = plain and has_quality(d.name)
         self.fid_weights = None
         if plain and config.train.get("sample_every", 0):
             self.fid_weights = configured_weights(config.train.get("fid_weights", ""))
         if self.fid_weights is not None:
             from jldm.data.sources import open_split
 
-            open_split(d.name, "test", d.data_dir, d.fashion_dir)  # no test split: refused now
+            open_split(self.dataset, reference_split(d.name))  # no test split: refused now
         self.generators = {}
 
     def _sample(self, run: Loaded, name: str, labels, low_res, seed: int) -> np.ndarray:
@@ -176,11 +178,11 @@ class Watcher:
             cycled = np.arange(self.num) % d.num_classes
             many = self._sample(run, "quality", cycled, None, config.seed + 1)
             if np.isfinite(many).all() and self.scored:
-                q = sample_quality(many, cycled, d.name, d.data_dir, d.fashion_dir)
+                q = sample_quality(many, cycled, self.dataset)
                 scalars.update({f"sample/{k}": v for k, v in q.items() if v is not None})
             if np.isfinite(many).all() and self.fid_weights:
-                ref = f"{d.name}:test"
-                fid = fid_to_split(many, ref, self.fid_weights, d.data_dir, d.fashion_dir)
+                split = reference_split(d.name)
+                fid = fid_to_split(many, self.dataset, split, self.fid_weights)
                 scalars.update({"sample/fid": fid, "sample/fid_samples": len(many)})
         grid = make_grid(x, ncols=config.sample.per_class, scale=readable_scale(x))
         return Watched(scalars, {"samples": grid})

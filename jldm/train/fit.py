@@ -6,6 +6,7 @@ task resumes, stops on SIGTERM/SIGINT, refuses NaN and checkpoints the same way.
 """
 
 import dataclasses
+import logging
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,8 @@ from jldm.train.feeder import Prefetcher
 from jldm.train.metrics_log import MetricWriter
 from jldm.train.signals import stop_requests
 from jldm.train.step import check_steps_per_call, mean_metrics
+
+logger = logging.getLogger(__name__)
 
 # With skip_nonfinite: the run stops, after a checkpoint, at a log step where more than this
 # fraction of its steps so far were skipped (section.max_skipped_fraction overrides it).
@@ -100,7 +103,7 @@ def fit(task: Task, workdir: str) -> Result:
     start = int(state.step)
     if start >= total:
         if main:
-            print(f"{workdir}: already trained to step {start} ({task.name}.steps={total})")
+            logger.info(f"{workdir}: already trained to step {start} ({task.name}.steps={total})")
         return Result(True, state)
     if start % k:
         raise UserError(
@@ -194,13 +197,13 @@ def fit(task: Task, workdir: str) -> Result:
             f"checkpoint of step {done} is kept), or raise {task.name}.max_skipped_fraction"
         )
     if skipped and main:
-        print(
+        logger.info(
             f"skipped {skipped} of {ran} steps ({skipped / ran:.1%}) with NaN/Inf loss or gradients"
         )
     if stop:
         if main:
             name = signal.Signals(stop[0]).name
-            print(f"stopped by {name} at step {done}: checkpoint saved, rerun to resume")
+            logger.info(f"stopped by {name} at step {done}: checkpoint saved, rerun to resume")
         return Result(False, state)
     if task.finish is not None:
         task.finish(state)

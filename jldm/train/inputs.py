@@ -10,6 +10,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from jldm.data import load_split, preprocess
+from jldm.data.datasets import dataset_of
 from jldm.data.sources import open_split
 from jldm.data.stream import ArraySource, Pixels, Source, stream
 from jldm.errors import UserError
@@ -28,7 +29,7 @@ def _check_dataset(config: ml_collections.ConfigDict, channels: int, classes: in
 def training_source(config: ml_collections.ConfigDict) -> Pixels:
     """config.data's train split, read by index at training resolution (nothing held in RAM)."""
     d = config.data
-    records = open_split(d.name, "train", d.data_dir, d.fashion_dir)
+    records = open_split(dataset_of(d), "train")
     classes = records.num_classes or d.num_classes  # unnamed classes: trust the config
     _check_dataset(config, records.image_shape[-1], classes)
     return Pixels(records, d.resolution)
@@ -38,7 +39,7 @@ def load_training_images(config: ml_collections.ConfigDict) -> tuple[np.ndarray,
     """config.data's train split in memory (the stage-1 autoencoder encodes all of it): images
     [N,R,R,C] in [-1, 1] and labels [N] int32."""
     d = config.data
-    split = load_split(d.name, "train", d.data_dir, d.fashion_dir)
+    split = load_split(dataset_of(d), "train")
     _check_dataset(config, split.images.shape[-1], split.num_classes)
     return preprocess(split.images, d.resolution), split.labels.astype(np.int32)
 

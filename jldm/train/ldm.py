@@ -8,6 +8,7 @@ encoding and kept in every stage-2 checkpoint's metadata with the stage-1 folder
 decodes with exactly the autoencoder and scale the UNet was trained against.
 """
 
+import logging
 from collections.abc import Iterator
 
 import jax
@@ -27,6 +28,8 @@ from jldm.train.autoencoder import stage1_task
 from jldm.train.diffusion import diffusion_task
 from jldm.train.fit import Result, fit
 from jldm.train.inputs import as_source
+
+logger = logging.getLogger(__name__)
 
 # Images encoded per call: one compiled batch shape, and the most images in memory at once.
 ENCODE_BATCH = 256
@@ -93,7 +96,7 @@ def encoded_training_set(
     # Every process checks a finished set, so a mismatch stops them all; process 0 writes.
     latents = open_latents(folder, made)
     if latents is None and jax.process_index() == 0:
-        print(f"encoding {len(source)} training images into {folder}")
+        logger.info(f"encoding {len(source)} training images into {folder}")
         try:
             write_latents(folder, _encoded(stage1, source), len(source), made)
         except (OSError, RuntimeError) as e:
@@ -144,7 +147,7 @@ def fit_latent(
     ae = build_autoencoder(config)
     latents = encoded_training_set(config, workdir, source, Stage1(ae, params, 1.0), step, folder)
     if jax.process_index() == 0:
-        print(
+        logger.info(
             f"stage 1: {folder}; latents {latents.shape} in {latents.folder}, "
             f"scale factor {latents.scale:.4f}"
         )

@@ -13,6 +13,8 @@ Objectives (diffusion.objective) and what the network's condition c is:
 - vesde, vpsde, subvpsde: continuous-time DSM, c = t; pc, em (pc without corrector) or ode.
 """
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -34,6 +36,8 @@ from jldm.nn.mlp import ScoreMLP
 from jldm.sampling.shards import save_npz
 from jldm.train.fit import Task
 from jldm.train.step import make_update
+
+logger = logging.getLogger(__name__)
 
 DATASETS = ("toy_mixture", "toy_ring")
 
@@ -240,15 +244,15 @@ def report_samples(config, workdir: str, mix: GaussianMixture, x, err_init: floa
     mid = 0.5 * (lo + hi)
     extent = (mid[0] - half, mid[0] + half, mid[1] - half, mid[1] + half)
     save_scatter(x, join(workdir, "samples.png"), extent, marks=means)
-    print(
+    logger.info(
         f"score error (relative MSE): init {err_init:.4f} -> end {final['score_error']:.4f} "
         f"(EMA {final['score_error_ema']:.4f})"
     )
-    print(
+    logger.info(
         f"{config.sample.sampler} samples: mode weights {_fmt(report['weights'])} vs true "
         f"{_fmt(mix.weights)} (max gap {report['weight_error']:.3f})"
     )
-    print(
+    logger.info(
         f"mean distance to nearest mean {report['mean_dist']:.3f} (exact draws "
         f"{exact['mean_dist']:.3f}); {report['nonfinite']} non-finite; "
         f"{join(workdir, 'samples.png')}"

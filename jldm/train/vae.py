@@ -8,6 +8,7 @@ bits/dim on vae.eval_images test images is logged (marginalised over the classes
 conditional run); the run ends with a grid of prior samples, WORKDIR/samples_final.png.
 """
 
+import logging
 import os
 
 import jax
@@ -26,6 +27,8 @@ from jldm.train.fit import Task
 from jldm.train.inputs import array_batches
 from jldm.train.sharding import batch_sharding, check_batch, make_mesh, state_sharding
 from jldm.train.step import make_train_step, make_update
+
+logger = logging.getLogger(__name__)
 
 
 def pixel_values(images: np.ndarray) -> np.ndarray:
@@ -114,4 +117,4 @@ def final_grid(run: Loaded, workdir: str) -> None:
     x = generate(run, labels=labels, num=len(labels), seed=run.config.seed)
     path = os.path.join(workdir, "samples_final.png")
     save_grid(x, path, ncols=s.per_class)
-    print(f"final samples: {path}")
+    logger.info(f"final samples: {path}")
