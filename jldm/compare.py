@@ -2,14 +2,13 @@
 `python -m jldm.compare W1 W2 ... --nfe 200`).
 
 compare_one: a run's sampler at about nfe network evaluations per image (guidance included):
-sampling and training speed, class accuracy, Frechet distance, precision and recall in the
-project's classifier space, and the test split's bits/dim where the model has a density
+sampling and training speed, class accuracy, Frechet and kernel distances, precision and recall
+in the project's classifier space, and the test split's bits/dim where the model has a density
 (jldm.sampling.likelihood.summary) with its evaluations per image. compare_grid: every sampler
-of each run at each NFE budget, one row per step count (none above the largest budget), and
-the bits/dim table, which jldm.eval.plot.nfe_plot draws as Frechet distance and recall against
-NFE, one line per objective/sampler, with the figures of as many real training images (the
-samples' classes, at the model's resolution) dashed.
-"""
+of each run at each NFE budget, one row per step count (none above the largest budget), and the
+bits/dim table, which jldm.eval.plot.nfe_plot draws as Frechet distance and recall against NFE,
+one line per objective/sampler, with the figures of as many real training images (the samples'
+classes, at the model's resolution) dashed."""
 
 import json
 import os
@@ -28,7 +27,7 @@ from jldm.sampling import likelihood
 from jldm.sampling.run import decode, encode_images
 
 _RUN = [("run", "{}"), ("objective", "{}")]
-_QUALITY = [("class_accuracy", "{:.3f}"), ("frechet", "{:.2f}")]
+_QUALITY = [("class_accuracy", "{:.3f}"), ("frechet", "{:.2f}"), ("kid", "{:.3f}")]
 _QUALITY += [("precision", "{:.3f}"), ("recall", "{:.3f}")]
 _BPD = [("bits_per_dim", "{:.3f}"), ("elbo_bpd", "{:.3f}"), ("bpd_nfe", "{:.0f}")]
 _SPEED = [("compile_s", "{:.1f}"), ("sample_s", "{:.2f}"), ("images_s", "{:.1f}")]
@@ -38,7 +37,7 @@ COLUMNS += [("ae_psnr", "{:.2f}")]
 GRID_COLUMNS = [*_RUN, ("sampler", "{}"), ("steps", "{}"), ("nfe", "{}"), *_QUALITY]
 GRID_COLUMNS += [("sample_s", "{:.2f}")]
 BPD_COLUMNS = [*_RUN, ("bpd_method", "{}"), *_BPD, ("bpd_images", "{}")]
-_FIGURES = ("class_accuracy", "frechet", "precision", "recall")
+_FIGURES = ("class_accuracy", "frechet", "kid", "precision", "recall")
 
 
 def train_speed(workdir: str) -> float | None:

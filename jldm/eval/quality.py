@@ -16,6 +16,7 @@ from jldm.errors import UserError
 from jldm.eval.classifier import Classifier
 from jldm.eval.classifier_cache import cache_folder, classifier_for
 from jldm.eval.frechet import feature_stats, frechet_distance
+from jldm.eval.kid import kernel_distance
 from jldm.eval.precision_recall import precision_recall
 
 _CHUNK = 4096
@@ -79,13 +80,16 @@ def make_reference(
 def score_samples(
     reference: Reference, images01: np.ndarray, labels: np.ndarray | None = None
 ) -> dict[str, float | int | None]:
-    """class_accuracy (None without labels), frechet, precision, recall, test_accuracy and
+    """class_accuracy (None without labels), frechet, kid, precision, recall, test_accuracy and
     num_samples of images01: [N, H, W, C].
 
-    precision and recall (k = 3) compare the samples' features with those of as many test
-    images (a fixed subset; all when the split is smaller), None with fewer than 4. All
-    figures move with N (Frechet is biased upwards for small N), so compare runs at equal
-    sample counts.
+    kid: the kernel distance to the whole test split (unbiased MMD^2, jldm.eval.kid), whose
+    expectation does not move with N: 0 for samples of the test images' own distribution
+    (negative values are that, within noise), more for any other. frechet is biased upwards
+    for small N (real images score worse at N = 100 than at 500), so compare Frechet figures
+    at equal sample counts only. precision and recall (k = 3) compare the samples' features
+    with those of as many test images (a fixed subset; all when the split is smaller), None
+    with fewer than 4.
     """
     classifier = reference.classifier
     images = np.asarray(images01)
@@ -101,10 +105,12 @@ def score_samples(
     feats = classifier.features(images)
     mu, sigma = feature_stats(feats)
     ref_mu, ref_sigma = reference.stats(images.shape[1], images.shape[2])
-    precision, recall = _precision_recall(reference.features(*images.shape[1:3]), feats)
+    real = reference.features(*images.shape[1:3])
+    precision, recall = _precision_recall(real, feats)
     return {
         "class_accuracy": class_accuracy,
         "frechet": frechet_distance(mu, sigma, ref_mu, ref_sigma),
+        "kid": kernel_distance(feats, real) if len(feats) >= 2 else None,
         "precision": precision,
         "recall": recall,
         "test_accuracy": reference.test_accuracy,
@@ -149,7 +155,8 @@ def sample_quality(
     """Quality of samples images01: [N, H, W, C] in [0, 1] with their class labels: [N] or None.
 
     Returns class_accuracy (fraction of samples classified as their label; None without labels),
-    frechet (Frechet distance of classifier features to the test split's), precision and recall
+    frechet (Frechet distance of classifier features to the test split's), kid (their kernel
+    distance, unbiased at any N), precision and recall
     (k-nearest-neighbour manifolds of the same features, see score_samples), test_accuracy (the
     classifier's own accuracy on the test split, the ceiling for class_accuracy) and num_samples.
     The classifier is trained once per dataset and cached in cache_dir (see reference_for).

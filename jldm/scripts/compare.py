@@ -1,14 +1,13 @@
 """Compare trained runs: python -m jldm.compare W1 W2 ... --nfe 200 (or --grid).
 
---nfe: each run's sampler at about --nfe network evaluations per image (guidance included):
-a table (OUT.md, OUT.jsonl) of sampling and training speed, class accuracy, Frechet distance,
-precision and recall in the project's classifier space, and the test split's bits/dim where
-the model has a density (jldm.sampling.likelihood.summary) with its evaluations per image.
---grid: every sampler of each run (or of --samplers) at each of --budgets, one row per step
-count (none above the largest budget), and the bits/dim table; OUT.png plots Frechet distance
-and recall against NFE, one line per objective/sampler, with the figures of as many real
-training images (the samples' classes, at the model's resolution) dashed.
-"""
+--nfe: each run's sampler at about --nfe network evaluations per image (guidance included): a
+table (OUT.md, OUT.jsonl) of sampling and training speed, class accuracy, Frechet and kernel
+distances, precision and recall in the project's classifier space, and the test split's
+bits/dim where the model has a density (jldm.sampling.likelihood.summary) with its evaluations
+per image. --grid: every sampler of each run (or of --samplers) at each of --budgets, one row
+per step count (none above the largest budget), and the bits/dim table; OUT.png plots Frechet
+distance and recall against NFE, one line per objective/sampler, with the figures of as many
+real training images (the samples' classes, at the model's resolution) dashed."""
 
 import json
 
