@@ -134,14 +134,15 @@ import sys
 
 sys.path.insert(0, {root!r})
 
-from jldm import train
+import jldm
+from jldm.train.fit import fit  # the training subpackage imported: jldm.train stays the function
 from tests.tiny import tiny_config
 
 data_dir, workdir = sys.argv[1:]
-assert train(tiny_config(data_dir), workdir)
+assert jldm.train(tiny_config(data_dir), workdir)
 # A notebook's way to see the progress lines (force: the root logger has a handler already).
 logging.basicConfig(level=logging.INFO, force=True)
-assert train(tiny_config(data_dir), workdir)
+assert jldm.train(tiny_config(data_dir), workdir)  # a second call in the same process
 """
 
 
