@@ -193,17 +193,21 @@ def grid_rows(run: api.Loaded, budgets: list[int], per_class: int, guidance, see
     return rows
 
 
-def real_row(config, per_class: int) -> dict | None:
-    """The quality figures of per_class real training images of every class, rendered at the
-    model's resolution: what samples of the data distribution itself score (None where the
-    dataset has no quality figures)."""
+def real_row(config, per_class: int, seed: int = 0) -> dict | None:
+    """The quality figures of per_class real training images of every class, drawn at random
+    (seed) and rendered at the model's resolution: what samples of the data distribution
+    itself score (None where the dataset has no quality figures). A random draw, not the
+    split's first images: those come from few writers and score as a less varied set."""
     from jldm.data import load_split, preprocess, to_unit
 
     d = config.data
     if not has_quality(d.name):
         return None
     train = load_split(dataset_of(d), "train")
-    pick = [np.flatnonzero(train.labels == c)[:per_class] for c in range(d.num_classes)]
+    rng = np.random.default_rng(seed)
+    pick = [
+        rng.permutation(np.flatnonzero(train.labels == c))[:per_class] for c in range(d.num_classes)
+    ]
     pick = np.concatenate(pick)
     images = to_unit(preprocess(train.images[pick], d.resolution))
     figures = quality(images, train.labels[pick], config)

@@ -79,7 +79,7 @@ def test_sample_writes_grid_and_npz_and_prints_quality(trained, tmp_path):
     (line,) = [x for x in proc.stdout.splitlines() if x.startswith("real (10 training images): ")]
     shown = dict(item.rsplit(" ", 1) for item in line.split(": ", 1)[1].split(", "))
     want = real_row(read_config(workdir), 1)
-    assert set(shown) == {"class_accuracy", "frechet"} | {
+    assert set(shown) == {"class_accuracy", "frechet", "kid"} | {
         k for k in ("precision", "recall") if want[k] is not None
     }
     for key, value in shown.items():
