@@ -29,7 +29,8 @@ from jldm.sampling.vae_likelihood import vae_bits_per_dim
 def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = False) -> bool:
     """Train config in workdir (resuming), as train.py does. -> True when complete.
 
-    force: reuse a workdir holding a run of another architecture.
+    force: reuse a workdir holding a run of another architecture, moving that run whole into
+    WORKDIR/replaced-TIMESTAMP (a run folder jldm.load reads).
     """
     # Imported here: loading and sampling a run never import the training code.
     from jldm.train.entry import train as train_run

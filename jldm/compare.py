@@ -21,7 +21,7 @@ import numpy as np
 from jldm import api
 from jldm.build import objectives, samplers
 from jldm.data.datasets import dataset_of, has_quality, reference_split
-from jldm.data.paths import join, read_text, resolve, write_text_atomic
+from jldm.data.paths import isfile, join, read_text, resolve, write_text_atomic
 from jldm.errors import UserError
 from jldm.sampling import likelihood
 from jldm.sampling.run import decode, encode_images
@@ -42,13 +42,30 @@ _FIGURES = ("class_accuracy", "frechet", "kid", "precision", "recall")
 
 def train_speed(workdir: str) -> float | None:
     """Median steps/s logged in WORKDIR/metrics.jsonl, local or cloud (None without a log or
-    figures)."""
-    try:
-        lines = read_text(join(workdir, "metrics.jsonl")).splitlines()
-        rows = [json.loads(line) for line in lines if line.strip()]
-    except (OSError, ValueError):
+    figures).
+
+    A run being trained appends to its log while this reads it, so an unfinished last line
+    (no newline yet) is left out; any other line that is no JSON record is a UserError naming
+    the file and line: a resumed run rewrites its log to whole records
+    (jldm.train.metrics_log.rewind), so such a line was written from outside.
+    """
+    path = join(workdir, "metrics.jsonl")
+    if not isfile(path):
         return None
-    speeds = [r["steps_per_sec"] for r in rows if r.get("steps_per_sec") is not None]
+    lines = read_text(path).split("\n")
+    speeds = []
+    for number, line in enumerate(lines[:-1], 1):  # lines[-1]: "" or an unfinished line
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            speed = record.get("steps_per_sec")
+        except (ValueError, AttributeError):
+            raise UserError(
+                f"{path}:{number} is no JSON record: remove or repair that line of the run's log"
+            ) from None
+        if speed is not None:
+            speeds.append(speed)
     return float(np.median(speeds)) if speeds else None
 
 

@@ -93,8 +93,9 @@ def test_config_json_is_written_read_and_guarded_in_a_cloud_workdir(cloud, caplo
     caplog.set_level(logging.INFO, logger="jldm")
     write_config(run, wider, force=True)
     assert read_config(run).model.channels == 16
-    (kept,) = [p for p in epath.Path(run).iterdir() if p.name.startswith("checkpoints.replaced-")]
-    assert (kept / "2" / "state").read_text() == "step 2"
+    (kept,) = [p for p in epath.Path(run).iterdir() if p.name.startswith("replaced-")]
+    assert (kept / "checkpoints" / "2" / "state").read_text() == "step 2"
+    assert read_config(str(kept)).model.channels == 8  # the old run, whole
     assert not epath.Path(f"{run}/checkpoints").exists()
     assert f"kept in {kept}" in caplog.text
 

@@ -9,8 +9,13 @@ readers see the old object or the new one, never part of it.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
+import secrets
+from collections.abc import Callable
+from typing import BinaryIO
 
 from etils import epath
 
@@ -102,17 +107,35 @@ def read_bytes(path: str) -> bytes:
     return as_epath(path).read_bytes()
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write path so that a reader never sees part of it: a temporary file renamed over it
-    (locally), one object upload (cloud)."""
+def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Call write(f) on a binary file that becomes path only once write returned: locally a
+    temporary file in path's folder renamed over path (os.replace), to a cloud path one object
+    upload of what write wrote (in memory). Should write (or the disk) fail, path keeps what it
+    held before and no temporary file is left behind."""
     if not is_local(path):
-        as_epath(path).write_bytes(data)
+        buffer = io.BytesIO()
+        write(buffer)
+        as_epath(path).write_bytes(buffer.getvalue())
         return
     folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")  # not the file's name until done
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    # A hidden name of its own (not the file's name until done), created exclusively.
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{name}")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write path so that a reader never sees part of it, and a failed write leaves its old
+    bytes: see write_atomic."""
+    write_atomic(path, lambda f: f.write(data))
 
 
 def read_text(path: str) -> str:

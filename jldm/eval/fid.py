@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jldm.data.datasets import Dataset
-from jldm.data.paths import is_local, isdir, isfile, join, listdir, read_bytes
+from jldm.data.paths import is_local, isdir, isfile, join, listdir, read_bytes, write_atomic
 from jldm.errors import UserError
 from jldm.eval.frechet import feature_stats, frechet_distance
 from jldm.nn.inception import FEATURES
@@ -175,9 +175,9 @@ def dataset_stats(
     stats = _image_stats(model, variables, images, f"{dataset.name}:{split}", batch_size)
     kept = {} if stats.features is None else {"features": stats.features}
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}.npz")
-    np.savez(tmp, mu=stats.mu, sigma=stats.sigma, count=stats.count, **kept)
-    os.replace(tmp, path)
+    write_atomic(
+        path, lambda f: np.savez(f, mu=stats.mu, sigma=stats.sigma, count=stats.count, **kept)
+    )
     return stats
 
 
@@ -255,6 +255,14 @@ def fid_to_split(
     return fid_between(samples, reference)
 
 
+def save_stats_npz(path: str, stats: Stats) -> None:
+    """stats' mu and sigma to path (.npz, local or cloud), atomically: a failed write leaves
+    the previous file at path as it was (jldm.data.paths.write_atomic). As np.savez, a path
+    without .npz gets it appended."""
+    path = path if path.endswith(".npz") else path + ".npz"
+    write_atomic(path, lambda f: np.savez(f, mu=stats.mu, sigma=stats.sigma))
+
+
 def fid(
     samples: str,
     reference: str | tuple[Dataset, str],
@@ -274,7 +282,7 @@ def fid(
     else:
         set2 = set_stats(model, variables, reference, batch_size)
     if save_stats:
-        np.savez(save_stats, mu=set2.mu, sigma=set2.sigma)
+        save_stats_npz(save_stats, set2)
     return fid_between(set1, set2), set1.count, set2.count
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import math
 import os
 
 import numpy as np
 from PIL import Image
 
-from jldm.data.paths import is_local, write_bytes_atomic
+from jldm.data.paths import is_local, write_atomic
 from jldm.errors import UserError
 
 # Cells of tiny images (8x8 digits) are upscaled to at least this many pixels to be visible.
@@ -87,13 +86,10 @@ def save_grid(
 
 
 def save_png(image: Image.Image, path: str) -> str:
-    """Write image to path as PNG: locally into its folder (created as needed); to a cloud path
-    (gs://...) as one object upload of the PNG encoded in memory. Returns path."""
-    if not is_local(path):
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        write_bytes_atomic(path, buffer.getvalue())
-        return path
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    image.save(path, format="PNG")
+    """Write image to path as PNG, atomically (jldm.data.paths.write_atomic): locally into its
+    folder (created as needed), to a cloud path (gs://...) as one object upload. A failed write
+    leaves the previous file at path as it was. Returns path."""
+    if is_local(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomic(path, lambda f: image.save(f, format="PNG"))
     return path

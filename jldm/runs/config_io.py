@@ -10,8 +10,18 @@ import time
 
 import ml_collections
 
-from jldm.data.paths import isdir, isfile, join, makedirs, read_text, rename, write_text_atomic
+from jldm.data.paths import (
+    exists,
+    isfile,
+    join,
+    listdir,
+    makedirs,
+    read_text,
+    rename,
+    write_text_atomic,
+)
 from jldm.errors import UserError
+from jldm.runs.workdir import LOCK
 
 logger = logging.getLogger(__name__)
 
@@ -77,20 +87,42 @@ def check_config_change(workdir: str, config: ml_collections.ConfigDict, force: 
     if diff and not force:
         raise UserError(
             f"{workdir} holds a run with a different {', '.join(diff[:4])}: use a new "
-            "--workdir, or --force to overwrite its config"
+            "--workdir, or --force to move that run aside into WORKDIR/replaced-TIMESTAMP"
         )
+
+
+REPLACED = "replaced-"  # WORKDIR/replaced-TIMESTAMP: a run that --force set aside
+
+
+def move_run_aside(workdir: str) -> str:
+    """Move the run in workdir into the new folder WORKDIR/replaced-TIMESTAMP and return it.
+
+    Everything the run wrote goes (config.json, checkpoints, metrics.jsonl, tb, sample grids,
+    its stage 1 and latents), so the folder is a whole run that jldm.load and sample.py read as
+    it was. The lock and runs set aside before stay in workdir.
+    """
+    names = listdir(workdir)
+    base = join(workdir, REPLACED + time.strftime("%Y%m%d-%H%M%S"))
+    kept, n = base, 1
+    while exists(kept):  # a second --force within the same second
+        n += 1
+        kept = f"{base}-{n}"
+    makedirs(kept)
+    for name in names:
+        if name != LOCK and not name.startswith(REPLACED):
+            rename(join(workdir, name), join(kept, name))
+    return kept
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict, force: bool = False) -> None:
     """Save config; refuse a workdir whose run has another architecture unless force.
 
-    With force, the old run's checkpoints are moved aside, never deleted.
+    With force, the old run is moved aside whole (move_run_aside), never deleted, and the new
+    run starts in an empty workdir.
     """
     check_config_change(workdir, config, force)
-    old_ckpt = join(workdir, "checkpoints")
-    if architecture_changes(workdir, config) and isdir(old_ckpt):
-        kept = f"{old_ckpt}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-        rename(old_ckpt, kept)
-        logger.info(f"--force: the previous run's checkpoints are kept in {kept}")
+    if architecture_changes(workdir, config):
+        kept = move_run_aside(workdir)
+        logger.info(f"--force: the previous run is kept in {kept} (a run folder of its own)")
     makedirs(workdir)
     write_text_atomic(config_path(workdir), config.to_json(indent=2))

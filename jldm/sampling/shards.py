@@ -8,7 +8,6 @@ cycle through the classes, so every class gets N / C images. OUT may be a cloud 
 (gs://...): shards and manifest are then written as objects through etils.epath.
 """
 
-import io
 import json
 import time
 from typing import NamedTuple
@@ -19,12 +18,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from jldm.data.paths import (
-    is_local,
     isfile,
     join,
     listdir,
     makedirs,
     read_bytes,
+    write_atomic,
     write_bytes_atomic,
 )
 from jldm.errors import UserError
@@ -69,17 +68,15 @@ def _check_manifest(folder: str, settings: dict) -> None:
 
 
 def _write_atomic(path: str, **arrays) -> None:
-    buffer = io.BytesIO()  # one shard of uint8 images: small
-    np.savez(buffer, **arrays)
-    write_bytes_atomic(path, buffer.getvalue())
+    """np.savez to exactly path, atomically (jldm.data.paths.write_atomic)."""
+    write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def save_npz(path: str, **arrays) -> None:
-    """np.savez(path, **arrays) for a local path; one object upload for a cloud path."""
-    if is_local(path):
-        np.savez(path, **arrays)
-    else:
-        _write_atomic(path, **arrays)
+    """np.savez(path, **arrays), atomically (jldm.data.paths.write_atomic): a temporary file
+    renamed over path locally, one object upload to a cloud path. A failed write leaves the
+    previous file at path as it was. As np.savez, a path without .npz gets it appended."""
+    _write_atomic(path if path.endswith(".npz") else path + ".npz", **arrays)
 
 
 def sample_shards(

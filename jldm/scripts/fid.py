@@ -20,6 +20,7 @@ import time
 from absl import flags
 
 from jldm.cli import run_main
+from jldm.data import paths
 from jldm.data.datasets import DEFAULT_FASHION_DIR, Dataset
 from jldm.errors import UserError
 from jldm.eval import fid as fid_lib
@@ -77,7 +78,7 @@ def main(argv: list[str]) -> None:
         raise UserError(f"--weights {weights} not found: pass the FID Inception weights file")
     if FLAGS.batch_size < 1:
         raise UserError(f"--batch_size={FLAGS.batch_size} must be >= 1")
-    if FLAGS.save_stats and os.path.exists(FLAGS.save_stats):
+    if FLAGS.save_stats and paths.exists(FLAGS.save_stats):
         raise UserError(f"--save_stats {FLAGS.save_stats} exists: pick a new path")
     t0 = time.perf_counter()
     ref = argv[1] if not FLAGS.ref else _dataset_ref(FLAGS.ref)

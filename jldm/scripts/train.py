@@ -32,7 +32,11 @@ flags.DEFINE_string(
     "workdir", None, "Run folder: config, checkpoints, logs, samples.", flag_values=FLAGS
 )
 flags.DEFINE_bool(
-    "force", False, "Reuse a workdir holding a run of another architecture.", flag_values=FLAGS
+    "force",
+    False,
+    "Reuse a workdir holding a run of another architecture; that run is moved whole into "
+    "WORKDIR/replaced-TIMESTAMP.",
+    flag_values=FLAGS,
 )
 flags.DEFINE_string("coordinator", None, "Multi-process: process 0's HOST:PORT.", flag_values=FLAGS)
 flags.DEFINE_enum(

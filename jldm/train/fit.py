@@ -110,7 +110,7 @@ def fit(task: Task, workdir: str) -> Result:
             f"the run resumes at step {start}, not a multiple of {task.name}.steps_per_call={k}: "
             "use the steps_per_call it was trained with"
         )
-    writer = MetricWriter(workdir, enabled=main)
+    writer = MetricWriter(workdir, enabled=main, resume_step=start)
     if task.describe:
         writer.text(start, "config", task.describe)
     if start == 0 and task.evaluate is not None:

@@ -13,6 +13,7 @@ they need no google-cloud-storage or boto3 and use the credentials the rest of t
 
 import io
 import json
+import logging
 import math
 import sys
 import time
@@ -20,6 +21,8 @@ import time
 import numpy as np
 
 from jldm.data.paths import is_local, isfile, join, makedirs, read_text, write_bytes_atomic
+
+logger = logging.getLogger(__name__)
 
 
 def _summary_writer_class():
@@ -106,14 +109,45 @@ class _ObjectRecordFactory:
         makedirs(path)
 
 
-def _summary_writer(logdir: str):
-    """A tensorboardX SummaryWriter of logdir; a cloud logdir's event files go through epath."""
+def _summary_writer(logdir: str, purge_step: int | None = None):
+    """A tensorboardX SummaryWriter of logdir; a cloud logdir's event files go through epath.
+    purge_step: see MetricWriter."""
     cls = _summary_writer_class()
     if not is_local(logdir):
         from tensorboardX import record_writer  # the package is imported (without torch) above
 
         record_writer.register_writer_factory(logdir.split(":", 1)[0], _ObjectRecordFactory())
-    return cls(logdir)
+    return cls(logdir, purge_step=purge_step)
+
+
+def rewind(workdir: str, step: int) -> None:
+    """Bring WORKDIR/metrics.jsonl back to the checkpoint of step a run resumes from.
+
+    Kept: the complete records (lines ending in a newline) of steps <= step; step 0 (no
+    checkpoint: the run starts over) keeps none. Dropped: the records logged after that
+    checkpoint, which the resumed run logs again, and a partial last line of a killed write,
+    which would swallow the next record. A complete line that is no record (written from
+    outside) is dropped with a warning naming it. The file is rewritten atomically (a renamed
+    temporary file, one object upload), and only when something is dropped.
+    """
+    path = join(workdir, "metrics.jsonl")
+    if not isfile(path):
+        return
+    lines = read_text(path).split("\n")
+    kept = []
+    for number, line in enumerate(lines[:-1], 1):  # lines[-1]: "" or a partial last line
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            logged = int(record["step"])
+        except (ValueError, TypeError, KeyError):
+            logger.warning(f"{path}:{number} is no metrics record: dropped on resume")
+            continue
+        if step > 0 and logged <= step:
+            kept.append(line + "\n")
+    if len(kept) != len(lines) - 1 or lines[-1]:
+        write_bytes_atomic(path, "".join(kept).encode())
 
 
 def _open_jsonl(path: str, flush_seconds: float):
@@ -128,13 +162,30 @@ class MetricWriter:
 
     flush_seconds: on a cloud workdir, the least time between two uploads of metrics.jsonl
     (see the module docstring); a local file is flushed on every write.
+
+    resume_step: the step of the checkpoint a training run starts from (0: from scratch), or
+    None (a writer that only adds records). metrics.jsonl is first brought back to that step
+    (rewind), and the new event file starts with tensorboardX's purge_step: a START event at
+    step resume_step + 1 (0 from scratch), on which TensorBoard drops the events of that step
+    and later that it read from the earlier event files. Those events stay in the earlier
+    files: a reader of the raw event files still sees them.
     """
 
-    def __init__(self, workdir: str, enabled: bool = True, flush_seconds: float = 30.0):
+    def __init__(
+        self,
+        workdir: str,
+        enabled: bool = True,
+        flush_seconds: float = 30.0,
+        resume_step: int | None = None,
+    ):
         self.enabled = enabled
         if enabled:
+            purge = None
+            if resume_step is not None:
+                rewind(workdir, resume_step)
+                purge = resume_step + 1 if resume_step > 0 else 0
             self._jsonl = _open_jsonl(join(workdir, "metrics.jsonl"), flush_seconds)
-            self._tb = _summary_writer(join(workdir, "tb"))
+            self._tb = _summary_writer(join(workdir, "tb"), purge)
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
