@@ -92,6 +92,12 @@ def test_a_failed_table_write_keeps_the_previous_tables(tmp_path, monkeypatch):
     assert _state(tmp_path) == before
 
 
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory) -> str:
+    """A TFDS data_dir for the tiny digits runs of this module (prepared on first use)."""
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
 def _records(workdir) -> list[dict]:
     text = (workdir / "metrics.jsonl").read_text()
     assert text.endswith("\n")
