@@ -1,23 +1,11 @@
 """The metric log: JSON lines and TensorBoard event files, written without importing torch."""
 
 import json
-import struct
 import subprocess
 import sys
 
-from tensorboardX.proto import event_pb2
-
+from tests.tb_events import read_events
 from tests.tiny import ROOT
-
-
-def _events(path) -> list:
-    """Event protos of a TFRecord file: [len u64][crc u32][data][crc u32] per record."""
-    data, out, i = path.read_bytes(), [], 0
-    while i < len(data):
-        (n,) = struct.unpack("<Q", data[i : i + 8])
-        out.append(event_pb2.Event.FromString(data[i + 12 : i + 12 + n]))
-        i += 12 + n + 4
-    return out
 
 
 def test_scalars_reach_jsonl_and_tensorboard_and_torch_stays_unimported(tmp_path):
@@ -39,6 +27,6 @@ def test_scalars_reach_jsonl_and_tensorboard_and_torch_stays_unimported(tmp_path
     assert lines == [{"step": 3, "loss": 0.5, "lr": 0.25}, {"step": 7, "loss": 0.125}]
     (events_file,) = (tmp_path / "tb").iterdir()
     scalars = [
-        (e.step, v.tag, v.simple_value) for e in _events(events_file) for v in e.summary.value
+        (e.step, v.tag, v.simple_value) for e in read_events(events_file) for v in e.summary.value
     ]
     assert scalars == [(3, "loss", 0.5), (3, "lr", 0.25), (7, "loss", 0.125)]

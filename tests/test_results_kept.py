@@ -5,13 +5,13 @@ import json
 import logging
 import os
 import shutil
-import struct
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from jldm.errors import UserError
+from tests.tb_events import read_events
 from tests.tiny import tiny_config
 
 NO_SPACE = OSError(28, "No space left on device")
@@ -132,18 +132,6 @@ def test_train_speed_skips_only_an_unfinished_last_line_and_names_a_bad_one(tmp_
     assert compare.train_speed(str(tmp_path / "none")) is None
 
 
-def _events(path) -> list:
-    """Event protos of a TFRecord file: [len u64][crc u32][data][crc u32] per record."""
-    from tensorboardX.proto import event_pb2
-
-    data, out, i = path.read_bytes(), [], 0
-    while i < len(data):
-        (n,) = struct.unpack("<Q", data[i : i + 8])
-        out.append(event_pb2.Event.FromString(data[i + 12 : i + 12 + n]))
-        i += 12 + n + 4
-    return out
-
-
 def test_a_killed_run_resumes_with_one_record_per_logged_step(tmp_path, digits_dir):
     from jldm import api
 
@@ -167,7 +155,7 @@ def test_a_killed_run_resumes_with_one_record_per_logged_step(tmp_path, digits_d
     assert [r for r in records if r["step"] <= 2] == [r for r in first if r["step"] <= 2]
     assert {2, 4, 6} <= set(steps) and all(r.get("steps_per_sec") != -1.0 for r in records)
     (new,) = set(os.listdir(workdir / "tb")) - tb_before
-    starts = [e.step for e in _events(workdir / "tb" / new) if e.HasField("session_log")]
+    starts = [e.step for e in read_events(workdir / "tb" / new) if e.HasField("session_log")]
     assert starts == [3]  # TensorBoard drops the earlier files' events of steps 3 and later
 
 
