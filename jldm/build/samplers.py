@@ -102,10 +102,7 @@ class Sampler:
 
         def sample(fn, key, known=None, z=None):
             k_init, k_run = jax.random.split(key)
-            if z is None:
-                xbar = fr.prior(frame, k_init, p.shape, first)
-            else:  # the prior's unit-normal draw, given (x_T of a discrete model)
-                xbar = np.sqrt(first**2 + frame.data_var) * z
+            xbar = fr.prior(frame, k_init, p.shape, first, z)
             x = solve(frame.denoiser(fn), xbar, sigmas, k_run, known)
             return x if out_scale == 1.0 else x * out_scale
 
@@ -206,11 +203,7 @@ class Adaptive(Sampler):
         tol = float(p.config.sample.get("ode_tol", 1e-4))
 
         def sample(fn, key, known=None, z=None):
-            xbar = (
-                fr.prior(frame, jax.random.split(key)[0], p.shape, hi)
-                if z is None
-                else np.sqrt(hi**2 + frame.data_var) * z
-            )
+            xbar = fr.prior(frame, jax.random.split(key)[0], p.shape, hi, z)
             score = fr.score_of(frame.denoiser(fn))
             return score_samplers.probability_flow_adaptive(score, xbar, hi, lo, tol, p.steps)[0]
 

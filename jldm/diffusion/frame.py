@@ -158,9 +158,13 @@ def start_sigma(frame: Frame, cap: float) -> float:
     return float(frame.levels[level_index(frame.levels, top)])
 
 
-def prior(frame: Frame, key: jax.Array, shape: tuple[int, ...], sigma: float) -> jax.Array:
-    """xbar at sigma: N(0, sigma^2 + data_var), the model's prior there."""
-    return np.sqrt(sigma**2 + frame.data_var) * jax.random.normal(key, shape)
+def prior(
+    frame: Frame, key: jax.Array, shape: tuple[int, ...], sigma: float, z: jax.Array | None = None
+) -> jax.Array:
+    """xbar at sigma: N(0, sigma^2 + data_var), the model's prior there; z: its unit-normal
+    draw when given (e.g. a discrete model's x_T), else drawn from key."""
+    z = jax.random.normal(key, shape) if z is None else z
+    return np.sqrt(sigma**2 + frame.data_var) * z
 
 
 def max_steps(frame: Frame, start: float) -> int | None:
