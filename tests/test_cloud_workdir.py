@@ -106,11 +106,14 @@ def _steps_logged(run: str) -> list[dict]:
 
 def _scalars(run: str) -> list[tuple]:
     """(step, tag, value) of every scalar in the event files of run/tb."""
-    from tests.test_metrics_log import _events
+    from tests.tb_events import read_events
 
     files = epath.Path(f"{run}/tb").iterdir()
     return [
-        (e.step, v.tag, v.simple_value) for f in files for e in _events(f) for v in e.summary.value
+        (e.step, v.tag, v.simple_value)
+        for f in files
+        for e in read_events(f)
+        for v in e.summary.value
     ]
 
 

@@ -13,7 +13,7 @@ from jldm.api import train
 from jldm.build.state import learning_rate
 from jldm.errors import UserError
 from jldm.eval.grid import readable_scale
-from tests.test_metrics_log import _events
+from tests.tb_events import read_events
 from tests.tiny import tiny_config
 
 
@@ -50,7 +50,7 @@ def test_a_run_shows_grids_quality_and_learning_rate_while_it_trains(tmp_path, m
     assert logged[1] < logged[2] == pytest.approx(config.train.lr)  # warmup, then constant
 
     (events,) = (workdir / "tb").iterdir()
-    values = [(e.step, v) for e in _events(events) for v in e.summary.value]
+    values = [(e.step, v) for e in read_events(events) for v in e.summary.value]
     images = [(s, v.image) for s, v in values if v.HasField("image")]
     assert [s for s, _ in images] == [1, 2]
     png = images[0][1]
