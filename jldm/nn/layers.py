@@ -16,8 +16,8 @@ class GroupNorm(nn.Module):
     """GroupNorm over the spatial axes and channel groups of x [B, ..., C] -> dtype.
 
     nn.GroupNorm's parameters (scale, bias: [C]) and results (float32 statistics and
-    normalisation, output cast to dtype), computed with per-channel sums and a hand-written
-    gradient (see group_norm), which XLA:CPU runs several times faster.
+    normalisation, output cast to dtype); on XLA:CPU computed with per-channel sums and a
+    hand-written gradient, which it runs several times faster (see group_norm).
     """
 
     num_groups: int = 32
@@ -130,7 +130,7 @@ class Conv1x1(_KernelConv):
 
 
 class _UpsampleConv(_KernelConv):
-    """The 3x3 conv of Upsample, on the upsampled image it never builds (upsample_conv)."""
+    """The 3x3 conv of Upsample; on XLA:CPU without building the upsampled image (upsample_conv)."""
 
     size: ClassVar[int] = 3
 
