@@ -5,12 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := runs/demo
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench bench-gpu clean
 
-$(STAMP): pyproject.toml
+# The [test] extra holds the [sd] and [wandb] extras, so the whole suite runs; constraints.txt
+# pins torch to its CPU wheel and ruff to the formatter the code is checked with.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,8 +28,8 @@ test: lint
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 demo: install
-	$(BIN)/python train.py --config configs/digits_ddpm.py --workdir $(DEMO)
-	$(BIN)/python sample.py --workdir $(DEMO) --out $(DEMO)/samples --sampler dpmpp2m --steps 10
+	$(BIN)/python train.py --config configs/digits_demo.py --workdir $(DEMO)
+	$(BIN)/python sample.py --workdir $(DEMO) --out $(DEMO)/samples
 
 # jldm against diffusers eager on this CPU, interleaved in one process (bench/vs_diffusers.py:
 # train step, UNet evaluation, DDIM-50 of 100 images, DDPM-1000 of 20; about 4 minutes on two
@@ -36,6 +38,14 @@ demo: install
 PEER_PYTHON ?= $(BIN)/python
 bench: install
 	$(PEER_PYTHON) bench/vs_diffusers.py
+
+# Every GPU figure of bench/README.md in one run (bench/gpu.py), written to $(BENCH_GPU_OUT); at
+# most 9 minutes (--budget_s 540). No install step: a GPU machine brings its own Python with
+# jax[cuda12], torch and diffusers. `python bench/gpu.py --tiny` checks the commands on a CPU.
+GPU_PYTHON ?= python3
+BENCH_GPU_OUT ?= bench_gpu.json
+bench-gpu:
+	$(GPU_PYTHON) bench/gpu.py --out $(BENCH_GPU_OUT)
 
 clean:
 	rm -rf $(VENV) runs
