@@ -1,7 +1,8 @@
 """Config -> the VAE of a `vae` config: its network, likelihood, data targets, loss and bounds.
 
 A VAE config has a `vae` section (its objective's settings) and a `model` section describing
-the ConvVAE and its likelihood p(x|z): model.likelihood gaussian (mean from the decoder;
+the ConvVAE, its prior (model.prior: standard N(0, I), or class, learned per class) and its
+likelihood p(x|z): model.likelihood gaussian (mean from the decoder;
 model.obs_var fixed at model.obs_logvar, or learned: a log-variance per pixel from the
 decoder) or bernoulli (logits). Pixels are modelled on [0, 1]: a Gaussian VAE sees the 8-bit
 pixels uniformly dequantised (so its density is comparable with the diffusion runs' bits/dim),
@@ -34,8 +35,11 @@ _CHOICES = {
     "model.likelihood": ("gaussian", "bernoulli"),
     "model.obs_var": ("fixed", "learned"),
     "model.conditioning": ("class", "none"),
+    "model.prior": ("standard", "class"),
     "model.dtype": tuple(_DTYPES),
 }
+# What a setting means where a saved config predates it.
+_ABSENT = {"model.prior": "standard"}
 
 
 def is_vae(config: ml_collections.ConfigDict) -> bool:
@@ -54,13 +58,23 @@ def learned_variance(config: ml_collections.ConfigDict) -> bool:
     return m.likelihood == "gaussian" and m.obs_var == "learned"
 
 
+def class_prior(config: ml_collections.ConfigDict) -> bool:
+    """The prior p(z|y) is learned per class (model.prior=class) instead of N(0, I)."""
+    return config.model.get("prior", _ABSENT["model.prior"]) == "class"
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """The settings of a VAE config that ranges.check_config cannot judge alone."""
     for key, allowed in _CHOICES.items():
         section, name = key.split(".")
-        value = config[section][name]
+        value = config[section].get(name, _ABSENT.get(key))
         if value not in allowed:
             raise UserError(f"{key}={value!r} is not known: use one of {', '.join(allowed)}")
+    if class_prior(config) and not is_conditional(config):
+        raise UserError(
+            "model.prior=class needs model.conditioning=class: an unconditional VAE has no "
+            "class to learn a prior for; set --config.model.prior=standard"
+        )
     if config.diffusion.objective != "vae":
         raise UserError(
             f"diffusion.objective={config.diffusion.objective!r} in a VAE config: a config with "
@@ -95,6 +109,7 @@ def build_vae(config: ml_collections.ConfigDict) -> ConvVAE:
         channel_mult=tuple(m.channel_mult),
         hidden=m.hidden,
         num_classes=d.num_classes if is_conditional(config) else 0,
+        class_prior=class_prior(config),
         dtype=_DTYPES[m.dtype],
     )
 
