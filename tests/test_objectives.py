@@ -224,13 +224,13 @@ def test_compare_grid_runs_each_sampler_per_budget_and_plots_it(runs, tmp_path, 
     assert 1 < bpd["ddpm"]["bits_per_dim"] < np.inf
     text = open(out + ".md").read()
     assert text.count("| run | objective |") == 2 and "| real | digits | train split |" in text
-    image = Image.open(out + ".png")
-    assert image.size == (2 * plot.PANEL[0] + plot.LEGEND_WIDTH, plot.PANEL[1])
-    # the legend holds one colour per objective/sampler line and the dashed reference
-    legend = np.asarray(image.convert("RGB"))[:, 2 * plot.PANEL[0] :]
-    for colour in [*plot.PALETTE[:2], plot.REFERENCE]:
-        assert (legend == np.array(colour)).all(-1).any(), colour
-    assert f"plot: {out}.png" in capsys.readouterr().out
+    assert Image.open(out + ".png").format == "PNG"
+    assert open(out + ".pdf", "rb").read().startswith(b"%PDF-")
+    # the figure of these rows: one line per objective/sampler and the dashed reference
+    figure = plot.nfe_figure([r for r in rows if r["table"] == "grid" and r["run"] != "real"], real)
+    texts = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert texts == ["ddpm/ddim", "ddpm/als", "ncsn/ddim", "ncsn/als", "real images (train split)"]
+    assert f"plot: {out}.png {out}.pdf" in capsys.readouterr().out
 
 
 def test_network_output_names_what_each_objective_predicts():

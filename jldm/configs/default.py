@@ -21,13 +21,6 @@ def solver_settings(s: ml_collections.ConfigDict) -> None:
     s.timestep_spacing = ""
     s.steps_offset = 0
     s.set_alpha_to_one = True
-    # Discrete (ddpm) models: every sampler walks diffusers' timesteps instead of its own grid
-    # when set: "" (off) | leading | trailing | linspace, shifted by steps_offset; past the last
-    # one the grid ends at alpha_bar = 1 if set_alpha_to_one, else at alpha_bar[0]. A pretrained
-    # Stable Diffusion folder takes its scheduler_config.json's values.
-    s.timestep_spacing = ""
-    s.steps_offset = 0
-    s.set_alpha_to_one = True
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -138,6 +131,10 @@ def get_config() -> ml_collections.ConfigDict:
     # FSDP-style: split params, EMA and optimizer state over the devices (largest divisible
     # axis of each big leaf) instead of a full copy on each; same updates, less memory/device.
     t.shard_params = False
+    # Where the metrics go besides WORKDIR/metrics.jsonl (jldm.train.writers): tensorboard
+    # (event files in WORKDIR/tb) | wandb (Weights & Biases: pip install 'jldm[wandb]'; project
+    # $WANDB_PROJECT or jldm, WANDB_MODE=offline to keep it local) | none.
+    t.writer = "tensorboard"
 
     c.sample = s = ml_collections.ConfigDict()
     # Every image objective takes every sampler (jldm.build.samplers): ddim (eta below; 0 is

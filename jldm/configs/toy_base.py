@@ -58,6 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
     # skip_nonfinite: the run stops (after a checkpoint) once more than this fraction of its
     # steps were skipped.
     t.max_skipped_fraction = 0.1
+    t.writer = "tensorboard"  # tensorboard | wandb | none: see jldm/configs/default.py
 
     c.eval = e = ml_collections.ConfigDict()
     e.num = 2000  # fresh draws per noise level for the score error

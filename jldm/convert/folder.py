@@ -10,9 +10,8 @@ import re
 from collections.abc import Mapping
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
 
-from jldm.errors import UserError
+from jldm.errors import UserError, missing_extra
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 # Variant files (`diffusion_pytorch_model.fp16.safetensors`) sit beside the full-precision ones.
@@ -78,6 +77,17 @@ def _bf16_as_f32(path: str, name: str) -> np.ndarray:
     return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info["shape"])
 
 
+def safetensors_module():
+    """The safetensors package, imported on first use (it comes with jldm's [sd] extra), or the
+    one-line error naming that extra."""
+    try:
+        import safetensors
+        import safetensors.numpy
+    except ImportError as e:
+        raise missing_extra(e, "reading .safetensors weights") from e
+    return safetensors
+
+
 def unreadable(path: str, fix: str = "re-download it") -> UserError:
     """The one-line error for a weight file that safetensors cannot parse (cut short, empty)."""
     return UserError(f"{path}: not a readable safetensors file (truncated or empty?): {fix}")
@@ -87,15 +97,16 @@ def load_tensors(root: str, name: str) -> tuple[dict[str, np.ndarray], str]:
     """All tensors of a component as float32 numpy arrays, and a label naming its file(s)."""
     tensors: dict[str, np.ndarray] = {}
     files = weight_files(root, name)
+    st = safetensors_module()
     for path in files:
         try:
-            with safe_open(path, framework="np") as f:
+            with st.safe_open(path, framework="np") as f:
                 for key in f.keys():
                     if f.get_slice(key).get_dtype() == "BF16":
                         tensors[key] = _bf16_as_f32(path, key)
                     else:
                         tensors[key] = np.asarray(f.get_tensor(key))
-        except SafetensorError:
+        except st.SafetensorError:
             raise unreadable(path, f"re-download it or re-save the {name}") from None
         except (OSError, ValueError, KeyError) as e:
             raise UserError(f"{path} cannot be read ({e}): re-save the {name}") from None

@@ -16,10 +16,8 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
 
-from jldm.convert.folder import unreadable
+from jldm.convert.folder import safetensors_module, unreadable
 from jldm.convert.mapping import convert_state_dict
 from jldm.convert.torch_pickle import load_torch_file
 from jldm.errors import UserError
@@ -38,9 +36,10 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
             "(pt_inception-2015-12-05-6726825d.pth) or its safetensors conversion"
         )
     if path.endswith(".safetensors"):
+        st = safetensors_module()
         try:
-            return load_file(path)
-        except SafetensorError:
+            return st.numpy.load_file(path)
+        except st.SafetensorError:
             raise unreadable(path, "convert the .pth again") from None
     if path.endswith(".npz"):
         try:
@@ -92,7 +91,7 @@ def export_safetensors(src: str, dst: str) -> None:
     convert_inception(state, src)  # refuse files that do not describe the network
     keep = {k: np.ascontiguousarray(v) for k, v in state.items()}
     keep = {k: v for k, v in keep.items() if not any(re.search(p, k) for p in _NOT_FEATURES)}
-    save_file(keep, dst)
+    safetensors_module().numpy.save_file(keep, dst)
 
 
 def main(argv: list[str]) -> None:

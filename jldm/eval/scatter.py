@@ -1,9 +1,57 @@
-"""2-D point clouds as PNG scatter plots with pillow (no plotting library needed)."""
+"""2-D point clouds as density-shaded scatter plots with matplotlib (saved by
+jldm.eval.plot.save_figure as PNG, PDF or SVG)."""
 
 import numpy as np
-from PIL import Image, ImageDraw
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
 
-from jldm.eval.grid import save_png
+from jldm.eval.plot import log_ticks, save_figure
+
+MARK_COLOUR = "#dc1e1e"
+
+
+def histogram(
+    points: np.ndarray, extent: tuple[float, float, float, float], bins: int
+) -> np.ndarray:
+    """Counts [bins (y, bottom to top), bins (x)] of the finite points [N, 2] inside extent =
+    (xmin, xmax, ymin, ymax), as imshow with origin="lower" draws them."""
+    x0, x1, y0, y1 = extent
+    pts = np.asarray(points, np.float64)
+    pts = pts[np.all(np.isfinite(pts), axis=-1)]
+    counts, _, _ = np.histogram2d(pts[:, 0], pts[:, 1], bins=bins, range=[[x0, x1], [y0, y1]])
+    return counts.T  # histogram2d's rows are x; an image's rows are y
+
+
+def scatter_figure(
+    points: np.ndarray,
+    extent: tuple[float, float, float, float],
+    marks: np.ndarray | None = None,
+    bins: int = 200,
+) -> Figure:
+    """points [N, 2] as a 2-D histogram on a log colour scale, empty bins white; marks [K, 2]
+    drawn as red crosses. One Axes (fig.axes[0]) and its colour bar."""
+    counts = histogram(points, extent, bins)
+    # A histogram instead of one dot per point keeps dense regions readable at any N; the log
+    # scale keeps light modes visible next to heavy ones, and one point gets the darkest colour.
+    shown = np.ma.masked_equal(counts, 0)
+    fig = Figure(figsize=(5.2, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(
+        shown,
+        origin="lower",
+        extent=extent,
+        interpolation="nearest",
+        cmap="viridis",
+        norm=LogNorm(vmin=1, vmax=max(float(counts.max()), 1.0)),
+    )
+    if marks is not None:
+        m = np.asarray(marks, np.float64)
+        ax.plot(m[:, 0], m[:, 1], "x", color=MARK_COLOUR, ms=9, mew=2, label="marks")
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
+    ax.set_aspect("equal")
+    log_ticks(fig.colorbar(image, ax=ax, label="points per bin").ax.yaxis)
+    return fig
 
 
 def save_scatter(
@@ -11,37 +59,8 @@ def save_scatter(
     path: str,
     extent: tuple[float, float, float, float],
     marks: np.ndarray | None = None,
-    size: int = 512,
+    bins: int = 200,
 ) -> str:
-    """Write points [N,2] as a density-shaded scatter PNG; marks [K,2] drawn as red crosses.
-
-    extent = (xmin, xmax, ymin, ymax); points outside it or not finite are left out. path may be
-    local or a cloud path (see save_png). Returns path.
-    """
-    x0, x1, y0, y1 = extent
-    pts = np.asarray(points, np.float64)
-    pts = pts[np.all(np.isfinite(pts), axis=-1)]
-    # A 2-D histogram instead of one dot per point: dense regions stay readable at any N.
-    # Bins of 2x2 pixels, so one point is a visible dot.
-    bins = size // 2
-    counts, _, _ = np.histogram2d(pts[:, 0], pts[:, 1], bins=bins, range=[[x0, x1], [y0, y1]])
-    counts = np.kron(counts, np.ones((2, 2)))
-    size = 2 * bins
-    # Log shading so that light modes stay visible next to heavy ones.
-    shade = np.log1p(counts) / max(np.log1p(counts.max()), 1e-12)
-    # Histogram rows are x and columns y; images index [row = -y, column = x].
-    shade = shade.T[::-1]
-    rgb = np.full((size, size, 3), 255.0)
-    ink = np.array([20.0, 60.0, 160.0])
-    rgb = rgb * (1 - shade[..., None]) + ink * shade[..., None]
-    rgb[shade > 0] = np.minimum(rgb[shade > 0], 200.0)  # single points stay visible
-    image = Image.fromarray(rgb.astype(np.uint8), "RGB")
-    if marks is not None:
-        draw = ImageDraw.Draw(image)
-        arm = max(size // 80, 3)
-        for mx, my in np.asarray(marks, np.float64):
-            px = (mx - x0) / (x1 - x0) * size
-            py = (y1 - my) / (y1 - y0) * size
-            draw.line([(px - arm, py), (px + arm, py)], fill=(220, 30, 30), width=2)
-            draw.line([(px, py - arm), (px, py + arm)], fill=(220, 30, 30), width=2)
-    return save_png(image, path)
+    """Write scatter_figure(points [N, 2], extent, marks [K, 2], bins) to path (PNG, PDF or SVG
+    by its suffix; local or cloud, atomically: see save_figure). Returns path."""
+    return save_figure(scatter_figure(points, extent, marks, bins), path)

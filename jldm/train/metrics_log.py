@@ -1,46 +1,27 @@
-"""Scalars to WORKDIR/metrics.jsonl and TensorBoard event files (WORKDIR/tb), which also get
-images (sample grids during training) and text (the config).
+"""Scalars to WORKDIR/metrics.jsonl, and everything (scalars, images such as sample grids
+during training, texts such as the config) to a metric writer: TensorBoard event files in
+WORKDIR/tb by default, or the one config.train.writer names or a user passes (see
+jldm.train.writers).
 
 A local metrics.jsonl is appended to and flushed on every logged step. On a cloud workdir
 (gs://, s3://: see jldm.data.paths) an object cannot be appended to: the object's lines (read
 when the writer opens, so a resumed run extends them) and the new ones are kept in memory, and
 the whole object is uploaded again at most every flush_seconds and at close. A job killed
 without closing loses at most the last flush_seconds of lines; readers always see a whole
-object. The event files of a cloud workdir go the same way through etils.epath (uploaded whole
-on each of tensorboardX's flushes, every 120 s, as tensorboardX's own gs:// writer does), so
-they need no google-cloud-storage or boto3 and use the credentials the rest of the workdir does.
+object. The event files of a cloud workdir go the same way (jldm.train.tb_writer).
 """
 
-import io
 import json
 import logging
 import math
-import sys
 import time
 
 import numpy as np
 
-from jldm.data.paths import is_local, isfile, join, makedirs, read_text, write_bytes_atomic
+from jldm.data.paths import is_local, isfile, join, read_text, write_bytes_atomic
+from jldm.train.writers import Writer, WriterFactory, open_writer
 
 logger = logging.getLogger(__name__)
-
-
-def _summary_writer_class():
-    """tensorboardX's SummaryWriter, imported without torch.
-
-    tensorboardX imports torch whenever it is installed (to accept its tensors), which costs
-    every training start seconds; only Python floats are written here. A torch that is already
-    imported stays as it is.
-    """
-    hide = "torch" not in sys.modules
-    if hide:
-        sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
-    try:
-        from tensorboardX import SummaryWriter
-    finally:
-        if hide:
-            del sys.modules["torch"]
-    return SummaryWriter
 
 
 def _finite_or_none(value):
@@ -78,46 +59,6 @@ class ObjectLog:
         self._parts = [text]
         write_bytes_atomic(self.path, text.encode())
         self._uploaded, self._pending = time.monotonic(), False
-
-
-class _ObjectRecordFile:
-    """One tensorboardX event file on an object store: its bytes so far, uploaded whole on flush."""
-
-    def __init__(self, path: str):
-        self.path, self._buffer, self._pending = path, io.BytesIO(), True
-
-    def write(self, data: bytes) -> None:
-        self._buffer.write(data)
-        self._pending = True
-
-    def flush(self) -> None:
-        if self._pending:
-            write_bytes_atomic(self.path, self._buffer.getvalue())
-            self._pending = False
-
-    def close(self) -> None:
-        self.flush()
-
-
-class _ObjectRecordFactory:
-    """tensorboardX's writer factory for one URI scheme, through etils.epath."""
-
-    def open(self, path: str) -> _ObjectRecordFile:
-        return _ObjectRecordFile(path)
-
-    def directory_check(self, path: str) -> None:
-        makedirs(path)
-
-
-def _summary_writer(logdir: str, purge_step: int | None = None):
-    """A tensorboardX SummaryWriter of logdir; a cloud logdir's event files go through epath.
-    purge_step: see MetricWriter."""
-    cls = _summary_writer_class()
-    if not is_local(logdir):
-        from tensorboardX import record_writer  # the package is imported (without torch) above
-
-        record_writer.register_writer_factory(logdir.split(":", 1)[0], _ObjectRecordFactory())
-    return cls(logdir, purge_step=purge_step)
 
 
 def rewind(workdir: str, step: int) -> None:
@@ -158,17 +99,19 @@ def _open_jsonl(path: str, flush_seconds: float):
 
 
 class MetricWriter:
-    """Appends one JSON line per logged step and mirrors the scalars to TensorBoard.
+    """Appends one JSON line per logged step and passes scalars, images and texts to a writer.
 
     flush_seconds: on a cloud workdir, the least time between two uploads of metrics.jsonl
     (see the module docstring); a local file is flushed on every write.
 
     resume_step: the step of the checkpoint a training run starts from (0: from scratch), or
     None (a writer that only adds records). metrics.jsonl is first brought back to that step
-    (rewind), and the new event file starts with tensorboardX's purge_step: a START event at
-    step resume_step + 1 (0 from scratch), on which TensorBoard drops the events of that step
-    and later that it read from the earlier event files. Those events stay in the earlier
-    files: a reader of the raw event files still sees them.
+    (rewind), and the writer is opened for it (TensorBoard's new event file starts with a
+    purge_step: see jldm.train.tb_writer.TensorBoardWriter).
+
+    writer: None (TensorBoard in WORKDIR/tb), a factory (workdir, resume_step) -> writer, such
+    as jldm.train.writers.from_config(config), whose writer this one opens and closes, or a
+    writer object, which close flushes and leaves open for its owner.
     """
 
     def __init__(
@@ -177,15 +120,20 @@ class MetricWriter:
         enabled: bool = True,
         flush_seconds: float = 30.0,
         resume_step: int | None = None,
+        writer: WriterFactory | Writer | None = None,
     ):
         self.enabled = enabled
         if enabled:
-            purge = None
             if resume_step is not None:
                 rewind(workdir, resume_step)
-                purge = resume_step + 1 if resume_step > 0 else 0
             self._jsonl = _open_jsonl(join(workdir, "metrics.jsonl"), flush_seconds)
-            self._tb = _summary_writer(join(workdir, "tb"), purge)
+            self._owned = not hasattr(writer, "write_scalars")
+            if writer is None:
+                self._writer = open_writer("tensorboard", workdir, resume_step)
+            elif self._owned:
+                self._writer = writer(workdir, resume_step)
+            else:
+                self._writer = writer
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -193,21 +141,22 @@ class MetricWriter:
         record = {"step": step, **{k: _finite_or_none(v) for k, v in scalars.items()}}
         self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
         self._jsonl.flush()
-        for k, v in scalars.items():
-            self._tb.add_scalar(k, v, step)
+        self._writer.write_scalars(step, scalars)
 
     def image(self, step: int, tag: str, image: np.ndarray) -> None:
-        """An image [H, W, C] uint8 (C = 1 or 3) to TensorBoard."""
+        """An image [H, W, C] uint8 (C = 1 or 3) to the writer."""
         if self.enabled:
-            rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
-            self._tb.add_image(tag, rgb, step, dataformats="HWC")
+            self._writer.write_images(step, {tag: image})
 
     def text(self, step: int, tag: str, text: str) -> None:
-        """Text (Markdown) to TensorBoard."""
-        if self.enabled:
-            self._tb.add_text(tag, text, step)
+        """Text (Markdown) to the writer, where it takes texts."""
+        if self.enabled and hasattr(self._writer, "write_texts"):
+            self._writer.write_texts(step, {tag: text})
 
     def close(self) -> None:
         if self.enabled:
             self._jsonl.close()
-            self._tb.close()
+            if self._owned:
+                self._writer.close()
+            else:
+                self._writer.flush()
