@@ -10,7 +10,8 @@ Inception checkpoint or its conversion (jldm.convert.inception).
 
 import functools
 import hashlib
-import io
+import logging
+import math
 import os
 import re
 from typing import NamedTuple
@@ -20,25 +21,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from jldm.data.datasets import Dataset
-from jldm.data.paths import is_local, isdir, isfile, join, listdir, read_bytes, write_atomic
+from jldm.data.paths import isdir, isfile, write_atomic
 from jldm.errors import UserError
+from jldm.eval import fid_inputs as inputs
 from jldm.eval.frechet import feature_stats, frechet_distance
 from jldm.nn.inception import FEATURES
+
+logger = logging.getLogger(__name__)
 
 
 def to_unit_images(images: np.ndarray, name: str = "images") -> np.ndarray:
     """uint8 [0,255] or float [0,1] images [N,H,W,C], C in (1, 3) -> float32 [N,H,W,3] in [0,1]."""
     x = np.asarray(images)
-    if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise UserError(f"{name} has shape {x.shape}: FID needs images [N, H, W, 1 or 3]")
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0
-    else:
-        x = x.astype(np.float32)
-        if x.size and (x.min() < -1e-3 or x.max() > 1 + 1e-3):
-            raise UserError(
-                f"{name} ranges over [{x.min():.3g}, {x.max():.3g}]: pass floats in [0, 1] or uint8"
-            )
+    inputs.check_image_shape(x.shape, name)
+    inputs.check_pixels(x, name)
+    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
     return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
 
 
@@ -69,32 +66,15 @@ def load_set(path: str) -> tuple[str, np.ndarray | tuple[np.ndarray, np.ndarray]
     if not isfile(path):
         raise UserError(f"{path} not found: pass an .npz of images or of mu/sigma statistics")
     try:
-        with np.load(path if is_local(path) else io.BytesIO(read_bytes(path))) as z:
+        with np.load(inputs.opened(path)) as z:
             files = list(z.files)
             if "mu" in files and "sigma" in files:
                 mu, sigma = z["mu"], z["sigma"]
-                if mu.shape != (FEATURES,) or sigma.shape != (FEATURES, FEATURES):
-                    raise UserError(
-                        f"{path}: mu {mu.shape} / sigma {sigma.shape} are not Inception pool "
-                        f"statistics ([{FEATURES}] and [{FEATURES}, {FEATURES}])"
-                    )
+                inputs.check_stats(mu, sigma, path)
                 return "stats", (mu, sigma)
-            key = "images" if "images" in files else (files[0] if len(files) == 1 else None)
-            if key is None:
-                raise UserError(
-                    f"{path} has arrays {files} but no `images` (or `mu` and `sigma`): "
-                    "name the image array `images`"
-                )
-            return "images", z[key]
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} cannot be read as .npz ({e})") from None
-
-
-def _shards(folder: str) -> list[str]:
-    names = sorted(n for n in listdir(folder) if n.endswith(".npz") and not n.startswith("."))
-    if not names:
-        raise UserError(f"{folder} holds no .npz files: pass a folder of sample shards")
-    return [join(folder, n) for n in names]
+            return "images", z[inputs.image_key(path, files)]
+    except inputs.UNREADABLE as e:
+        raise inputs.unreadable(path, e) from None
 
 
 class Stats(NamedTuple):
@@ -134,7 +114,7 @@ def set_stats(model, variables, path: str, batch_size: int) -> Stats:
     if isdir(path):
 
         def chunks():
-            for shard in _shards(path):
+            for shard in inputs.shards(path):
                 kind, data = load_set(shard)
                 if kind == "stats":
                     raise UserError(f"{shard} holds statistics: a folder must hold image shards")
@@ -168,11 +148,18 @@ def dataset_stats(
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{dataset.name}-{split}")
     path = os.path.join(cache_root(), "fid", f"{safe}-{tag.hexdigest()[:12]}.npz")
     if os.path.isfile(path):
-        with np.load(path) as z:
-            feats = z["features"] if "features" in z.files else None
-            return Stats(z["mu"], z["sigma"], feats, int(z["count"]))
+        try:
+            with np.load(path) as z:
+                feats = z["features"] if "features" in z.files else None
+                cached = Stats(z["mu"], z["sigma"], feats, int(z["count"]))
+            if inputs.finite(cached.mu, cached.sigma):
+                return cached
+        except (*inputs.UNREADABLE, KeyError):
+            pass
+        logger.warning(f"warning: the cached statistics {path} are damaged; computing them again")
     images = load_split(dataset, split).images
     stats = _image_stats(model, variables, images, f"{dataset.name}:{split}", batch_size)
+    inputs.check_computed(stats.mu, stats.sigma, f"{dataset.name}:{split}")
     kept = {} if stats.features is None else {"features": stats.features}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_atomic(
@@ -255,12 +242,15 @@ def fid_to_split(
     return fid_between(samples, reference)
 
 
+def stats_file(path: str) -> str:
+    """The file --save_stats path names: as np.savez, a path without .npz gets it appended."""
+    return path if path.endswith(".npz") else path + ".npz"
+
+
 def save_stats_npz(path: str, stats: Stats) -> None:
-    """stats' mu and sigma to path (.npz, local or cloud), atomically: a failed write leaves
-    the previous file at path as it was (jldm.data.paths.write_atomic). As np.savez, a path
-    without .npz gets it appended."""
-    path = path if path.endswith(".npz") else path + ".npz"
-    write_atomic(path, lambda f: np.savez(f, mu=stats.mu, sigma=stats.sigma))
+    """stats' mu and sigma to stats_file(path) (local or cloud), atomically: a failed write
+    leaves the previous file there as it was (jldm.data.paths.write_atomic)."""
+    write_atomic(stats_file(path), lambda f: np.savez(f, mu=stats.mu, sigma=stats.sigma))
 
 
 def fid(
@@ -272,18 +262,31 @@ def fid(
 ) -> tuple[float, int, int]:
     """(FID, N samples, N reference) between two sets (.npz files or folders of shards; N = 0
     for statistics), with Inception weights from a file. reference may instead be a dataset
-    split, (Dataset, SPLIT)."""
+    split, (Dataset, SPLIT). Every file of both sets is checked before the first Inception pass
+    (fid_inputs.check_set); statistics and an FID that are not finite are refused, never
+    written or returned."""
     from jldm.convert.inception import load_inception
 
+    inputs.check_set(samples)
+    if not isinstance(reference, tuple):
+        inputs.check_set(reference)
     model, variables = load_inception(weights)
     set1 = set_stats(model, variables, samples, batch_size)
+    inputs.check_computed(set1.mu, set1.sigma, samples)
     if isinstance(reference, tuple):
         set2 = dataset_stats(model, variables, *reference, weights, batch_size)
     else:
         set2 = set_stats(model, variables, reference, batch_size)
+        inputs.check_computed(set2.mu, set2.sigma, reference)
+    value = fid_between(set1, set2)
+    if not math.isfinite(value):
+        raise UserError(
+            f"the FID came out {value} from finite statistics: a numerical failure; nothing "
+            "was written (check the --weights file and the sets' sizes)"
+        )
     if save_stats:
         save_stats_npz(save_stats, set2)
-    return fid_between(set1, set2), set1.count, set2.count
+    return value, set1.count, set2.count
 
 
 if __name__ == "__main__":  # python -m jldm.eval.fid: the jldm-fid command

@@ -93,6 +93,15 @@ def score_samples(
     """
     classifier = reference.classifier
     images = np.asarray(images01)
+    if images.ndim != 4:
+        raise UserError(f"samples of shape {images.shape}: score images [N, H, W, C]")
+    finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
+    if not finite.all():
+        raise UserError(
+            f"{int((~finite).sum())} of {len(images)} samples hold NaN or Inf values, which "
+            "have no quality figures: the sampler diverged; sample with more steps, another "
+            "sampler or less guidance"
+        )
     class_accuracy = None
     if labels is not None:
         labels = np.asarray(labels)

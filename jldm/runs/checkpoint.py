@@ -6,6 +6,7 @@ WORKDIR may be a cloud folder (gs://...): Orbax gets that path as given and writ
 import functools
 import logging
 import os
+import weakref
 
 import jax
 import orbax.checkpoint as ocp
@@ -13,6 +14,7 @@ import orbax.checkpoint as ocp
 from jldm.build.state import TrainState
 from jldm.data.paths import exists, join, rename, resolve
 from jldm.errors import UserError
+from jldm.runs import record
 from jldm.runs.orbax_echoes import quiet_abandoned_reads
 
 logger = logging.getLogger(__name__)
@@ -21,11 +23,29 @@ logger = logging.getLogger(__name__)
 # does not match it, so they are kept for the user but never listed or restored.
 CORRUPT_PREFIX = "corrupt-"
 
+# Each manager's record (jldm.runs.record): what it saves with every step, and what a step's
+# stored record is checked against before the step is restored.
+_EXPECTED: "weakref.WeakKeyDictionary[ocp.CheckpointManager, record.Expected]" = (
+    weakref.WeakKeyDictionary()
+)
 
-def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+
+def manager(
+    workdir: str, keep: int = 3, read_only: bool = False, expect: record.Expected | None = None
+) -> ocp.CheckpointManager:
     """A CheckpointManager of WORKDIR/checkpoints (a local workdir made absolute, a cloud one
-    as given); only fully written (finalized) steps are listed and restored."""
-    return _manager(join(resolve(workdir), "checkpoints"), keep, read_only)
+    as given); only fully written (finalized) steps are listed and restored.
+
+    expect: the record (jldm.runs.record) of the config the checkpoints are read with; a step
+    that stored another is refused. A writer (training) without one takes workdir's
+    config.json (record.written_by) and stores it with every step.
+    """
+    mngr = _manager(join(resolve(workdir), "checkpoints"), keep, read_only)
+    if expect is None and not read_only:
+        expect = record.written_by(workdir)
+    if expect is not None:
+        _EXPECTED[mngr] = expect
+    return mngr
 
 
 @functools.cache
@@ -64,6 +84,8 @@ def save(mngr: ocp.CheckpointManager, state: TrainState, meta: dict) -> None:
     """Start writing the state and a JSON of metadata (data position, config name) at
     state.step; mngr.wait_until_finished() waits for the write (and the one before it)."""
     step = int(jax.device_get(state.step))
+    if (expect := _EXPECTED.get(mngr)) is not None:
+        meta = {**meta, record.RECORD: expect.record}
     mngr.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -87,9 +109,19 @@ def _placed(abstract_state: TrainState) -> TrainState:
     return jax.tree_util.tree_map(place, abstract_state)
 
 
+def check_record(mngr: ocp.CheckpointManager, step: int) -> None:
+    """Refuse step when its stored record disagrees with the manager's config (before its arrays
+    are read, so the line names the keys rather than an array shape)."""
+    if (expect := _EXPECTED.get(mngr)) is None:
+        return
+    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    record.check(expect, meta, step, os.fspath(mngr.directory))
+
+
 def _restore_step(
     mngr: ocp.CheckpointManager, abstract_state: TrainState, step: int, part: str | None = None
 ) -> tuple[TrainState, dict]:
+    check_record(mngr, step)
     if part is not None:
         # Only this field of the TrainState is read: the EMA params of a notebook's run cost a
         # quarter of the whole state (params, EMA and both Adam moments).
@@ -144,6 +176,8 @@ def restore(
     try:
         with quiet_abandoned_reads():
             return _restore_step(mngr, abstract_state, step, part)
+    except UserError:
+        raise
     except Exception as e:  # orbax and tensorstore raise plain Exception/ValueError on bad bytes
         raise UserError(
             f"checkpoint step {step} in {mngr.directory} cannot be read ({_reason(e)}): "
@@ -193,6 +227,8 @@ def restore_latest(
         try:
             with quiet_abandoned_reads():
                 state, meta = _restore_step(mngr, abstract_state, step, part)
+        except UserError:
+            raise  # a config that disagrees with the record: no older step would agree either
         except Exception as e:  # orbax/tensorstore raise plain Exception/ValueError on bad bytes
             bad.append((step, _reason(e)))
             continue

@@ -26,9 +26,9 @@ from jldm.runs.workdir import LOCK
 logger = logging.getLogger(__name__)
 
 # Sections that define what a checkpoint is; a workdir keeps them fixed across restarts.
-_ARCHITECTURE = ("model", "diffusion", "data", "text", "stage1", "vae")
+ARCHITECTURE = ("model", "diffusion", "data", "text", "stage1", "vae")
 # Keys inside those sections that change how (or how long) steps run, not what a checkpoint holds.
-_RUNTIME_ONLY = {
+RUNTIME_ONLY = {
     "model.remat",
     "data.threads",
     "data.random_flip",
@@ -51,11 +51,16 @@ def config_path(workdir: str) -> str:
 def read_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a run was started with."""
     path = config_path(workdir)
+    if exists(path) and not isfile(path):
+        raise UserError(f"{path} is not a file: move it away, or restore the run's config.json")
     if not isfile(path):
         raise UserError(
             f"{workdir} holds no jldm run (no config.json): pass the --workdir given to train.py"
         )
-    config = ml_collections.ConfigDict(json.loads(read_text(path)))
+    try:
+        config = ml_collections.ConfigDict(json.loads(read_text(path)))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise UserError(f"{path} is no config ({e}): restore the run's config.json") from None
     # Runs written before score objectives existed are DDPM runs.
     for key, value in _ADDED_DEFAULTS.items():
         if key not in config.diffusion:
@@ -71,13 +76,13 @@ def architecture_changes(workdir: str, config: ml_collections.ConfigDict) -> lis
     """The architecture keys on which config differs from the run already in workdir."""
     if not isfile(config_path(workdir)):
         return []
-    a, b = _plain(read_config(workdir), _ARCHITECTURE), _plain(config, _ARCHITECTURE)
+    a, b = _plain(read_config(workdir), ARCHITECTURE), _plain(config, ARCHITECTURE)
     return sorted(
         f"{s}.{k}"
-        for s in _ARCHITECTURE
+        for s in ARCHITECTURE
         # Keys only one side has are settings added to jldm since that run started.
         for k in set(a.get(s, {})) & set(b.get(s, {}))
-        if a[s][k] != b[s][k] and f"{s}.{k}" not in _RUNTIME_ONLY
+        if a[s][k] != b[s][k] and f"{s}.{k}" not in RUNTIME_ONLY
     )
 
 

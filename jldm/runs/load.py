@@ -16,8 +16,8 @@ from jldm.data.paths import isdir, join
 from jldm.diffusion.schedules import Schedule
 from jldm.errors import UserError
 from jldm.nn.autoencoder import AutoencoderKL
-from jldm.runs import checkpoint
-from jldm.runs.config_io import read_config
+from jldm.runs import checkpoint, record
+from jldm.runs.config_io import config_path, read_config
 from jldm.runs.kinds import kind_of
 from jldm.runs.stage1_state import load_stage1
 from jldm.runs.workdir import check_checkpoint_folder
@@ -50,21 +50,49 @@ def load_run(workdir: str, step: int | None = None, ema: bool = True) -> Loaded:
     if not isdir(workdir):
         raise UserError(f"workdir {workdir} does not exist: pass the --workdir given to train.py")
     config = read_config(workdir)
-    return load_state(config, workdir, step, ema)
+    return load_state(config, workdir, step, ema, source=config_path(workdir))
+
+
+def _manager(config: ml_collections.ConfigDict, workdir: str, source: str):
+    """workdir's checkpoints, read against config's record; refused at once: a toy run, no
+    checkpoint."""
+    if kind_of(config) == "toy":
+        raise UserError(f"{workdir} is a toy-density run: its samples are WORKDIR/samples.npz")
+    check_checkpoint_folder(join(workdir, "checkpoints"))
+    expect = record.expected(config, source)
+    mngr = checkpoint.manager(workdir, read_only=True, expect=expect)
+    if mngr.latest_step() is None:
+        raise UserError(f"no checkpoint in {workdir}/checkpoints: train first with train.py")
+    return mngr
+
+
+def check_run(workdir: str) -> None:
+    """What load_run(workdir) refuses without reading an array: no folder, no config.json, a
+    toy run, no checkpoint, a latest checkpoint that records another architecture or
+    objective. For tools that load several runs, so a bad one stops them before the work."""
+    if not isdir(workdir):
+        raise UserError(f"workdir {workdir} does not exist: pass the --workdir given to train.py")
+    mngr = _manager(read_config(workdir), workdir, config_path(workdir))
+    try:
+        checkpoint.check_record(mngr, mngr.latest_step())
+    except UserError:
+        raise
+    except Exception:  # a damaged latest step: loading falls back past it and says so
+        pass
 
 
 def load_state(
-    config: ml_collections.ConfigDict, workdir: str, step: int | None = None, ema: bool = True
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    step: int | None = None,
+    ema: bool = True,
+    source: str = "the config",
 ) -> Loaded:
-    """config's run restored from workdir's checkpoints."""
+    """config's run restored from workdir's checkpoints; a checkpoint that recorded other
+    architecture or objective values than config's is refused (source names config)."""
+    mngr = _manager(config, workdir, source)
     kind = kind_of(config)
-    if kind == "toy":
-        raise UserError(f"{workdir} is a toy-density run: its samples are WORKDIR/samples.npz")
     model = build_vae(config) if kind == "vae" else build_model(config)
-    check_checkpoint_folder(join(workdir, "checkpoints"))
-    mngr = checkpoint.manager(workdir, read_only=True)
-    if mngr.latest_step() is None:
-        raise UserError(f"no checkpoint in {workdir}/checkpoints: train first with train.py")
     # Only the params it returns are read: not the other copy nor the optimizer's moments.
     part = "ema_params" if ema else "params"
     if kind == "vae":  # no noise schedule: the prior is N(0, I)
@@ -73,6 +101,6 @@ def load_state(
     params, meta = checkpoint.restore(mngr, unet_state_shapes(config, model), step, part=part)
     stage1 = None
     if kind == "latent":
-        ae_params = load_stage1(config, meta["stage1"])
+        ae_params = load_stage1(config, meta["stage1"], source)
         stage1 = Stage1(build_autoencoder(config), ae_params, float(meta["latent_scale"]))
     return Loaded(config, model, params, build_schedule(config), int(meta["step"]), stage1)

@@ -8,7 +8,7 @@ from jldm.build.autoencoder import init_stage1
 from jldm.build.state import TrainState, abstract_state, make_optimizer
 from jldm.data.paths import join, resolve
 from jldm.errors import UserError
-from jldm.runs import checkpoint
+from jldm.runs import checkpoint, record
 
 
 def stage1_folder(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -23,9 +23,11 @@ def stage1_shapes(config: ml_collections.ConfigDict, tx=None) -> TrainState:
     return abstract_state(init, tx or make_optimizer(config.stage1), config.seed)
 
 
-def load_stage1(config: ml_collections.ConfigDict, folder: str):
-    """The trained autoencoder params of a finished stage-1 run in folder."""
-    mngr = checkpoint.manager(folder, read_only=True)
+def load_stage1(config: ml_collections.ConfigDict, folder: str, source: str = "the config"):
+    """The trained autoencoder params of a finished stage-1 run in folder; one whose checkpoint
+    recorded another stage-1 architecture than config's is refused (source names config)."""
+    expect = record.expected(config, source, "stage1")
+    mngr = checkpoint.manager(folder, read_only=True, expect=expect)
     if mngr.latest_step() is None:
         raise UserError(
             f"no stage-1 checkpoint in {folder}/checkpoints: train stage 1 first, or leave "

@@ -22,6 +22,7 @@ import warnings
 
 from jldm.data.paths import (
     as_epath,
+    dirname,
     exists,
     is_local,
     isdir,
@@ -76,6 +77,19 @@ def check_writable_folder(path: str, what: str) -> None:
         ) from None
     os.close(fd)
     os.remove(name)
+
+
+def check_output_file(path: str, what: str) -> None:
+    """path is a file a command can write at its end: not a folder, in a folder that exists
+    (locally) and that this process can write to; checked before the command's work."""
+    if isdir(path):
+        raise UserError(f"{what} {path} is a folder: name a file")
+    folder = dirname(path) if not is_local(path) else os.path.dirname(os.path.abspath(path))
+    if is_local(path) and os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{what} {path}: {folder} is a file, not a folder: pick another path")
+    if is_local(path) and not os.path.isdir(folder):
+        raise UserError(f"{what} {path}: the folder {folder} does not exist: create it first")
+    check_writable_folder(folder, f"the folder of {what}")
 
 
 def check_checkpoint_folder(path: str) -> None:

@@ -5,11 +5,12 @@ table (OUT.md, OUT.jsonl) of sampling and training speed, class accuracy, Freche
 distances, precision and recall in the project's classifier space, and the test split's
 bits/dim where the model has a density (jldm.sampling.likelihood.summary) with its evaluations
 per image. --grid: every sampler of each run (or of --samplers) at each of --budgets, one row
-per step count (none above the largest budget), and the bits/dim table; OUT.png plots Frechet
-distance and recall against NFE, one line per objective/sampler, with the figures of as many
-real training images (the samples' classes, at the model's resolution) dashed."""
+per step count (none above the largest budget), and the bits/dim table; OUT.png and OUT.pdf
+plot Frechet distance and recall against NFE, one line per objective/sampler, with the figures
+of as many real training images (the samples' classes, at the model's resolution) dashed."""
 
 import json
+import math
 
 from absl import flags
 
@@ -26,7 +27,10 @@ flags.DEFINE_integer(
     "nfe", 200, "Network evaluations per image, guidance included.", flag_values=FLAGS
 )
 flags.DEFINE_bool(
-    "grid", False, "Run every sampler at every --budgets NFE and plot OUT.png.", flag_values=FLAGS
+    "grid",
+    False,
+    "Run every sampler at every --budgets NFE; plot OUT.png, OUT.pdf.",
+    flag_values=FLAGS,
 )
 flags.DEFINE_list(
     "budgets", ["10", "20", "50", "100", "200"], "--grid: NFE budgets.", flag_values=FLAGS
@@ -62,23 +66,84 @@ flags.DEFINE_string(
 )
 
 
+_BPD_KEYS = ("bits_per_dim", "elbo_bpd", "bpd_nfe", "binary_bits_per_dim", "binary_elbo_bpd")
+
+
+def _refuse_nonfinite(row: dict) -> None:
+    """A figure that is NaN or Inf is not a result: one error line instead of the row."""
+    bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+    if not bad:
+        return
+    where = f"run {row.get('run')}" + (
+        f" ({row['sampler']}, {row['steps']} steps)" if row.get("steps") is not None else ""
+    )
+    if any(k in _BPD_KEYS for k in bad):
+        fix = "lower --bpd_tol, give --bpd_steps, or skip bits/dim with --bpd_images=0"
+    else:
+        fix = "its samples may have diverged: look at them with sample.py"
+    raise UserError(
+        f"{where}: {', '.join(f'{k} came out {row[k]}' for k in bad)}, which is not a result; "
+        f"no table was written: {fix}"
+    )
+
+
 def _print_row(row: dict) -> None:
+    _refuse_nonfinite(row)
     print(json.dumps(row), flush=True)
+
+
+def _check_flags(workdirs: list[str]) -> list[int]:
+    """Every flag, output path and run checked before the first sample: -> the budgets."""
+    from jldm.build import samplers
+    from jldm.runs.load import check_run
+    from jldm.runs.workdir import check_output_file
+
+    f = FLAGS
+    if not workdirs:
+        raise UserError("compare needs workdirs: python -m jldm.compare RUN1 RUN2 ...")
+    try:
+        budgets = [int(b) for b in f.budgets]
+    except ValueError:
+        raise UserError(f"--budgets={','.join(f.budgets)}: give integers, e.g. 10,20") from None
+    if f.nfe < 1 or f.per_class < 1 or not budgets or min(budgets) < 1:
+        raise UserError("--nfe, --per_class and every --budgets value must be >= 1")
+    for name in ("bpd_images", "bpd_steps"):
+        if f[name].value < 0:
+            raise UserError(f"--{name}={f[name].value} must be >= 0")
+    if not (math.isfinite(f.bpd_tol) and 0 < f.bpd_tol < 1):
+        raise UserError(
+            f"--bpd_tol={f.bpd_tol} must be in (0, 1): the adaptive likelihood ODE's relative "
+            "and absolute tolerance (default 1e-5)"
+        )
+    if f.bpd_max_steps < 1:
+        raise UserError(f"--bpd_max_steps={f.bpd_max_steps} must be >= 1")
+    if f.bpd_terms == 1 or f.bpd_terms < 0:
+        raise UserError(f"--bpd_terms={f.bpd_terms}: give 0 (all T terms) or >= 2")
+    if f.iwae_samples is not None and f.iwae_samples < 1:
+        raise UserError(f"--iwae_samples={f.iwae_samples} must be >= 1 (leave it out: config's)")
+    if f.guidance is not None and not math.isfinite(f.guidance):
+        raise UserError(f"--guidance={f.guidance} must be a finite number")
+    for name in f.samplers:
+        try:
+            samplers.get(name)
+        except UserError as e:
+            raise UserError(f"--samplers: {e}") from None
+    if not f.out or f.out.endswith(("/", "\\")):
+        raise UserError(f"--out={f.out!r} is a prefix of file names (OUT.md, OUT.jsonl): name one")
+    out = resolve(f.out)
+    for ext in (".md", ".jsonl", *((".png", ".pdf") if f.grid else ())):
+        check_output_file(out + ext, "--out")
+    missing = [w for w in workdirs if not isdir(w)]
+    if missing:
+        raise UserError(f"workdir {missing[0]} does not exist: pass folders written by train.py")
+    for w in workdirs:
+        check_run(resolve(w))
+    return budgets
 
 
 def main(workdirs: list[str]) -> None:
     """The table (or with --grid, the grid, bits/dim table and plot) of the runs in workdirs."""
-    if not workdirs:
-        raise UserError("compare needs workdirs: python -m jldm.compare RUN1 RUN2 ...")
-    try:
-        budgets = [int(b) for b in FLAGS.budgets]
-    except ValueError:
-        raise UserError(f"--budgets={','.join(FLAGS.budgets)}: give integers, e.g. 10,20") from None
-    if FLAGS.nfe < 1 or FLAGS.per_class < 1 or not budgets or min(budgets) < 1:
-        raise UserError("--nfe, --per_class and every --budgets value must be >= 1")
-    missing = [w for w in workdirs if not isdir(w)]
-    if missing:
-        raise UserError(f"workdir {missing[0]} does not exist: pass folders written by train.py")
+    budgets = _check_flags(workdirs)
     out, f = resolve(FLAGS.out), FLAGS
     options = compare.bpd_options(
         f.bpd_steps, f.bpd_tol, f.bpd_max_steps, f.bpd_terms, f.iwae_samples
@@ -98,13 +163,16 @@ def main(workdirs: list[str]) -> None:
         tuple(f.samplers), on_row=_print_row,
     )  # fmt: skip
     reals = [real] if real else []
+    for row in bpd + reals:
+        _refuse_nonfinite(row)
     text = compare.markdown(grid + reals, compare.GRID_COLUMNS)
     text += "\n\n" + compare.markdown(bpd, compare.BPD_COLUMNS)
     tagged = [{"table": "grid", **r} for r in grid + reals]
     compare.write_tables(out, text, tagged + [{"table": "bits_per_dim", **r} for r in bpd])
     plotted = any(r.get("frechet") is not None for r in grid)
-    png = nfe_plot(grid, real, out + ".png") if plotted else None
-    print(text + f"\ntables: {out}.md {out}.jsonl" + (f"; plot: {png}" if png else ""))
+    figures = nfe_plot(grid, real, out + ".png", out + ".pdf") if plotted else []
+    shown = f"; plot: {' '.join(figures)}" if figures else ""
+    print(text + f"\ntables: {out}.md {out}.jsonl" + shown)
 
 
 def run() -> None:

@@ -13,6 +13,7 @@ writes the reference's statistics for later runs. The weights are the PyTorch FI
 checkpoint or its conversion (jldm.convert.inception); JLDM_FID_WEIGHTS sets a default.
 """
 
+import math
 import os
 import sys
 import time
@@ -61,6 +62,17 @@ def _dataset_ref(ref: str) -> tuple[Dataset, str]:
     return Dataset(name, FLAGS.data_dir, FLAGS.fashion_dir), split
 
 
+def _check_save_stats(given: str) -> None:
+    """--save_stats names a new file (with the .npz np.savez appends) in a writable folder."""
+    from jldm.runs.workdir import check_output_file
+
+    path = fid_lib.stats_file(given)
+    named = f"--save_stats {given}" + (f" (written as {path})" if path != given else "")
+    if paths.exists(path):
+        raise UserError(f"{named} exists: pick a new path (it is never overwritten)")
+    check_output_file(path, "--save_stats")
+
+
 def main(argv: list[str]) -> None:
     """FID of argv's SAMPLES against REF (or --ref), printed as one line."""
     if len(argv) != (1 if FLAGS.ref else 2):
@@ -78,11 +90,14 @@ def main(argv: list[str]) -> None:
         raise UserError(f"--weights {weights} not found: pass the FID Inception weights file")
     if FLAGS.batch_size < 1:
         raise UserError(f"--batch_size={FLAGS.batch_size} must be >= 1")
-    if FLAGS.save_stats and paths.exists(FLAGS.save_stats):
-        raise UserError(f"--save_stats {FLAGS.save_stats} exists: pick a new path")
+    if FLAGS.save_stats:
+        _check_save_stats(FLAGS.save_stats)
     t0 = time.perf_counter()
     ref = argv[1] if not FLAGS.ref else _dataset_ref(FLAGS.ref)
+    # Both sets are checked through before the first Inception pass (fid_inputs.check_set).
     value, n1, n2 = fid_lib.fid(argv[0], ref, weights, FLAGS.batch_size, FLAGS.save_stats)
+    if not math.isfinite(value):
+        raise UserError(f"the FID came out {value}, which is not a result: nothing is printed")
     count = lambda n: f"{n} images" if n else "stored stats"
     print(
         f"FID {value:.4f} ({count(n1)} vs {count(n2)}, {time.perf_counter() - t0:.1f} s)",
