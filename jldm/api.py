@@ -26,16 +26,20 @@ from jldm.sampling.run import conditions, encode_images
 from jldm.sampling.vae_likelihood import vae_bits_per_dim
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, force: bool = False) -> bool:
+def train(
+    config: ml_collections.ConfigDict, workdir: str, *, force: bool = False, writer=None
+) -> bool:
     """Train config in workdir (resuming), as train.py does. -> True when complete.
 
     force: reuse a workdir holding a run of another architecture, moving that run whole into
-    WORKDIR/replaced-TIMESTAMP (a run folder jldm.load reads).
+    WORKDIR/replaced-TIMESTAMP (a run folder jldm.load reads). writer: your own metric writer
+    (write_scalars, write_images, write_hparams, flush, close: a clu MetricWriter or a
+    jldm.train.writers.Writer) instead of config.train.writer's; flushed, not closed.
     """
     # Imported here: loading and sampling a run never import the training code.
     from jldm.train.entry import train as train_run
 
-    return train_run(config, workdir, force)
+    return train_run(config, workdir, force, writer)
 
 
 def load(workdir: str, step: int | None = None, *, ema: bool = True) -> Loaded:

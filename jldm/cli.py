@@ -13,6 +13,10 @@ call starts from the flags' defaults.
 
 The library reports through the `jldm` logger; while run_cli runs, console_output shows those
 records as the bare lines a user reads: INFO on stdout, warnings and errors on stderr.
+
+A failure is the command's one `error:` line; the libraries' own reports of it (absl records,
+tracebacks of their threads, collected coroutines) stay off the terminal (quiet_library_echoes
+while a command runs, quiet_exit after a failed one).
 """
 
 import contextlib
@@ -20,13 +24,17 @@ import inspect
 import logging
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 
 from absl import flags
 from absl import logging as absl_logging
 
-from jldm.errors import UserError
+from jldm.errors import UserError, first_line, os_error_line
+
+# The exit code of a command stopped by Ctrl-C (128 + SIGINT), as a shell reports it.
+INTERRUPTED = 130
 
 
 def error_line(message: str) -> str:
@@ -77,6 +85,63 @@ def console_output() -> Iterator[None]:
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
+
+
+# Loggers of the libraries jldm drives; the jldm logger is the commands' own.
+LIBRARY_LOGGERS = ("absl", "orbax", "tensorstore", "gcsfs", "fsspec", "tensorboardX", "grain")
+_JLDM = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _ours(tb) -> bool:
+    """Whether a traceback passes through jldm's own code."""
+    return any(f.f_code.co_filename.startswith(_JLDM) for f, _ in traceback.walk_tb(tb))
+
+
+@contextlib.contextmanager
+def quiet_library_echoes() -> Iterator[list[str]]:
+    """Library loggers below CRITICAL dropped, and exceptions of library threads and of
+    collected library coroutines kept instead of printed; yields the list they are kept in
+    (one line each). The hooks and levels are put back on exit."""
+    kept: list[str] = []
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    previous_thread, previous_unraisable = threading.excepthook, sys.unraisablehook
+
+    def thread_hook(args) -> None:
+        if _ours(args.exc_traceback):
+            previous_thread(args)
+        else:
+            name = args.thread.name if args.thread is not None else "a thread"
+            kept.append(f"{name}: {first_line(args.exc_value)}")
+
+    def unraisable_hook(args) -> None:
+        if args.exc_value is None or _ours(args.exc_traceback):
+            previous_unraisable(args)
+        else:
+            kept.append(first_line(args.exc_value))
+
+    threading.excepthook, sys.unraisablehook = thread_hook, unraisable_hook
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield kept
+    finally:
+        # A hook installed meanwhile for the rest of the process (jldm.runs.orbax_echoes) stays.
+        if threading.excepthook is thread_hook:
+            threading.excepthook = previous_thread
+        if sys.unraisablehook is unraisable_hook:
+            sys.unraisablehook = previous_unraisable
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def quiet_exit() -> None:
+    """Drop every later report of threads, collected objects and atexit callbacks (a process
+    exiting on its error line: echoes of the failure it reported)."""
+    threading.excepthook = lambda args: None
+    sys.unraisablehook = lambda args: None
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 def _last_overrides_win(argv: list[str]) -> list[str]:
@@ -158,8 +223,10 @@ def run_cli(
     """Parse argv (argv[0] is the program) into flag_values, call main(); return the exit code.
 
     main(args) gets the positional arguments when positional is set; otherwise they are a
-    mistake. A user mistake prints one `error: ...` line to stderr and gives 2; --help prints
-    the script's doc and flags and gives 0; other exceptions propagate. flag_values defaults
+    mistake. A user mistake, or an OSError (a full disk, a folder where a file should be),
+    prints one `error: ...` line to stderr and gives 2; Ctrl-C one line and 130; --help prints
+    the script's doc and flags and gives 0; other exceptions propagate. The libraries' own
+    reports of a failure stay off the terminal (quiet_library_echoes). flag_values defaults
     to absl's global flags, which only a script's single parse should use. Each call forgets
     the previous one's values and config overrides, so calls in one process are independent.
     The library's log records show meanwhile as the command's output lines (console_output).
@@ -191,11 +258,20 @@ def run_cli(
             )
         else:
             try:
-                with console_output():
+                with console_output(), quiet_library_echoes() as echoes:
                     main(rest) if positional else main()
+                for line in echoes:  # the command succeeded all the same
+                    print(f"warning: background work of a library failed: {line}", file=sys.stderr)
                 return 0
             except UserError as e:
                 message = str(e)
+            except OSError as e:  # a fault of the machine: a full disk, a folder for a file
+                message = os_error_line(e)
+            except KeyboardInterrupt:
+                print(
+                    error_line("interrupted by Ctrl-C: rerun the command to go on"), file=sys.stderr
+                )
+                return INTERRUPTED
         print(error_line(message), file=sys.stderr)
         return 2
     finally:
@@ -209,5 +285,15 @@ def run_main(
     positional: bool = False,
     flag_values: flags.FlagValues | None = None,
 ) -> None:
-    """A script's entry: run_cli on sys.argv (or argv), then exit with its code."""
-    sys.exit(run_cli(main, sys.argv if argv is None else argv, flag_values, positional))
+    """A script's entry: run_cli on sys.argv (or argv), then exit with its code (after a
+    failure, without the libraries' late echoes of it)."""
+    code = run_cli(main, sys.argv if argv is None else argv, flag_values, positional)
+    if code:
+        quiet_exit()
+    if code == INTERRUPTED:
+        # Library threads stopped mid-work (a compilation, the input pipeline) can crash the
+        # interpreter's shutdown; the command's own cleanup has run.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -91,7 +91,7 @@ def _run(kind, config, workdir, wrap):
     if kind == "latent":
         real = ldm.fit
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(ldm, "fit", lambda task, w: real(wrap(task), w))
+            patch.setattr(ldm, "fit", lambda task, w, *writer: real(wrap(task), w, *writer))
             return ldm.fit_latent(config, workdir, load_training_images(config))
     if kind == "toy":
         task = toy_task(config, workdir)

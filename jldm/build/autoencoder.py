@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jldm.build.model import check_groups
 from jldm.errors import UserError
 from jldm.nn.autoencoder import AutoencoderKL
 from jldm.nn.discriminator import PatchDiscriminator
@@ -12,6 +13,7 @@ from jldm.nn.discriminator import PatchDiscriminator
 def build_autoencoder(config: ml_collections.ConfigDict) -> AutoencoderKL:
     """The AutoencoderKL of config.stage1 for config.data's channels."""
     a = config.stage1
+    check_groups("stage1", a.channels, a.channel_mult, a.norm_groups)
     return AutoencoderKL(
         out_channels=config.data.channels,
         latent_channels=a.latent_channels,

@@ -58,6 +58,8 @@ def build_model(config: ml_collections.ConfigDict):
     for level in m.attention_levels:
         if not 0 <= level < levels:
             raise UserError(f"model.attention_levels has {level}: levels are 0..{levels - 1}")
+    check_groups("model", m.channels, m.channel_mult, m.norm_groups)
+    _check_heads(m)
     unet = dict(
         channels=m.channels,
         channel_mult=tuple(m.channel_mult),
@@ -72,6 +74,10 @@ def build_model(config: ml_collections.ConfigDict):
     )
     if conditioning == "text":
         t = config.text
+        if t.width % t.heads:
+            raise UserError(
+                f"text.heads={t.heads} does not divide text.width={t.width}: pick a divisor"
+            )
         text = dict(
             vocab_size=text_tokenizer(config).vocab_size,
             hidden_size=t.width,
@@ -89,6 +95,33 @@ def build_model(config: ml_collections.ConfigDict):
         context_tokens=m.context_tokens,
         dtype=_DTYPES[m.dtype],
     )
+
+
+def check_groups(section: str, channels: int, channel_mult, groups: int) -> None:
+    """GroupNorm's groups must divide every level's channels (channels x channel_mult)."""
+    for level, mult in enumerate(channel_mult):
+        if (channels * mult) % groups:
+            raise UserError(
+                f"{section}.norm_groups={groups} does not divide the {channels * mult} channels "
+                f"of level {level} ({section}.channels={channels} x channel_mult[{level}]="
+                f"{mult}): pick a divisor of every level's channels"
+            )
+
+
+def _check_heads(m: ml_collections.ConfigDict) -> None:
+    """Attention heads must split the channels of each level with attention (and the middle
+    block's, the last level's) evenly: a remainder would be dropped from every head."""
+    levels = len(m.channel_mult)
+    heads = m.num_heads
+    for level in sorted({*m.attention_levels, levels - 1}):
+        n = heads if isinstance(heads, int) else heads[level]
+        ch = m.channels * m.channel_mult[level]
+        if ch % n:
+            raise UserError(
+                f"model.num_heads={heads} does not divide the {ch} channels of level {level}, "
+                f"which has attention{' (the middle block)' if level == levels - 1 else ''}: "
+                "pick a divisor"
+            )
 
 
 def null_condition(config: ml_collections.ConfigDict):

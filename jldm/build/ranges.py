@@ -1,16 +1,37 @@
 """Every numeric config value against its allowed range, checked before any work is done.
 
 One table for all configs: a key a config does not have is skipped, and NaN is refused in any
-float value, listed or not. Checks that depend on several values or on the objective (divisible
-resolutions, sigma_min < sigma_max, known names) stay with the code that reads them.
+float value, listed or not. A count fits int32 (JAX's integers, the step counter's type) and a
+real float32 (the parameters' type): a value that would overflow to inf or vanish to 0 there
+is refused. Checks that depend on several values or on the objective (divisible resolutions,
+sigma_min < sigma_max, known names) stay with the code that reads them.
 """
 
 import math
 from typing import NamedTuple
 
 import ml_collections
+import numpy as np
 
 from jldm.errors import UserError
+
+INT32_MAX = 2**31 - 1
+# A sampling seed becomes a JAX key of two uint32 words; the high one is 0 unless jax_enable_x64
+# is set, so seeds beyond uint32 (or below 0) would give the key of another seed.
+SEED_MAX = 2**32 - 1
+# Classifier-free guidance scales: 1 is the conditional model alone, 0 the unconditional; the
+# literature's are 1..20, and a larger scale only amplifies the difference of two estimates.
+GUIDANCE_MAX = 100.0
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def float32_problem(value: float) -> str | None:
+    """Why a finite real has no float32 counterpart (inf or 0 there), else None."""
+    if abs(value) > _F32_MAX:
+        return f"beyond float32's largest value {_F32_MAX:.4g}"
+    if value != 0 and np.float32(value) == 0:
+        return "so small that it is 0 in float32"
+    return None
 
 
 class Range(NamedTuple):
@@ -36,16 +57,19 @@ class Range(NamedTuple):
 
     def describe(self) -> str:
         what = "an integer" if self.integer else "a finite number"
+        if self.integer and self.low is not None and self.high == INT32_MAX:
+            return f"{what} >= {self.low:g} (an int32: at most {INT32_MAX})"
         if self.low is not None and self.high is not None:
             left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            return f"{what} in {left}{self.low:g}, {self.high:g}{right}"
+            fmt = (lambda v: str(int(v))) if self.integer else (lambda v: f"{v:g}")
+            return f"{what} in {left}{fmt(self.low)}, {fmt(self.high)}{right}"
         if self.low is not None:
             return f"{what} {'>' if self.low_open else '>='} {self.low:g}"
         return what
 
 
-def count(low: int = 1) -> Range:
-    return Range(True, low)
+def count(low: int = 1, high: int = INT32_MAX) -> Range:
+    return Range(True, low, high)
 
 
 def positive() -> Range:
@@ -135,7 +159,7 @@ RANGES = {
     "sample.step_size": positive(),
     "sample.init_std": positive(),
     "sample.eps": unit_open(),
-    "sample.guidance": Range(False),
+    "sample.guidance": Range(False, 0, GUIDANCE_MAX),
     "sample.eta": fraction(),
     "sample.sigma_start": positive(),
     "sample.rho": positive(),
@@ -195,8 +219,15 @@ def _nan_in(value) -> bool:
     return isinstance(value, tuple | list) and any(_nan_in(v) for v in value)
 
 
+def _reals(value) -> list[float]:
+    if isinstance(value, float):
+        return [value]
+    return [v for v in value if isinstance(v, float)] if isinstance(value, tuple | list) else []
+
+
 def check_values(values: dict, rules: dict, prefix: str = "") -> None:
-    """Refuse the first value of values (name -> value) outside rules (name -> Range)."""
+    """Refuse the first value of values (name -> value) outside rules (name -> Range), NaN, or
+    a finite real float32 cannot hold."""
     for name, value in values.items():
         key = f"{prefix}{name}"
         rule = rules.get(name)
@@ -204,6 +235,28 @@ def check_values(values: dict, rules: dict, prefix: str = "") -> None:
             _refuse(key, value, rule.describe())
         if _nan_in(value):
             _refuse(key, value, "a number, not NaN")
+        for v in _reals(value):
+            if math.isfinite(v) and (why := float32_problem(v)):
+                raise UserError(f"{key}={v!r} is {why}: fix --config.{key}")
+
+
+def check_seed(seed, what: str = "seed") -> int:
+    """seed as an int, refused unless an integer in [0, SEED_MAX] (one key per seed)."""
+    whole = isinstance(seed, int | np.integer) and not isinstance(seed, bool)
+    if not whole or not 0 <= seed <= SEED_MAX:
+        raise UserError(f"{what}={seed!r} must be an integer in [0, {SEED_MAX}]")
+    return int(seed)
+
+
+def check_guidance(guidance, what: str = "guidance") -> float:
+    """A classifier-free guidance scale as a float, refused outside [0, GUIDANCE_MAX] or NaN."""
+    rule = RANGES["sample.guidance"]
+    if not rule.holds(guidance):
+        raise UserError(
+            f"{what}={guidance!r} must be {rule.describe()} (1: the conditional model alone, "
+            "0: unconditional)"
+        )
+    return float(guidance)
 
 
 def check_section(section: ml_collections.ConfigDict, name: str) -> None:

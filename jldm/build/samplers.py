@@ -27,6 +27,11 @@ from jldm.diffusion import frame as fr
 from jldm.diffusion import score_samplers, solvers, spacing
 from jldm.errors import UserError
 
+# The most steps of a sampler on a continuous-time model (and of langevin and ode_adaptive,
+# anywhere): published samplers take at most a few thousand, and one compiled call of more runs
+# for hours without a word.
+MAX_STEPS = 100_000
+
 # sample(fn, key, known=None, z=None) -> samples of Plan.shape. fn(x, c): the (guided) network
 # in the objective's own terms; known: (x0 [N,...], mask [N,...,1]) to keep (inpainting); z:
 # the prior's unit-normal draw [N,...] (None: drawn from key).
@@ -77,11 +82,11 @@ class Sampler:
             return fr.karras_sigmas(frame, n, first, float(config.sample.get("rho", 7.0)))
         return fr.log_snr_sigmas(frame, n, first)
 
-    def max_steps(self, config) -> int | None:
-        """The most steps on a discrete model (its timesteps below the start); None: unbounded."""
+    def max_steps(self, config) -> int:
+        """The most steps: on a discrete model its timesteps below the start, else MAX_STEPS."""
         frame = frames.frame_of(config)
         if frame is None or frame.levels is None:
-            return None
+            return MAX_STEPS
         if config.sample.get("timestep_spacing", ""):
             most = len(frame.levels)  # diffusers' timesteps: any count up to T
         else:
@@ -160,7 +165,7 @@ class Langevin(Sampler):
         return None
 
     def max_steps(self, config):
-        return None
+        return MAX_STEPS
 
     def build(self, p: Plan) -> SampleFn:
         s, f = p.config.sample, p.config.diffusion
@@ -193,7 +198,7 @@ class Adaptive(Sampler):
     spent depend on the model. Samples that did not reach the end come out NaN."""
 
     def max_steps(self, config):
-        return None
+        return MAX_STEPS
 
     def build(self, p: Plan) -> SampleFn:
         frame = frames.frame_of(p.config, p.clip)
@@ -238,20 +243,21 @@ def check_sampler(objective, sampler: str, what: str = "sampler") -> None:
         )
 
 
-def check_steps(sampler: Sampler, config: ml_collections.ConfigDict, steps: int) -> None:
-    """steps must be >= 1 and within the sampler's bound."""
+def check_steps(
+    sampler: Sampler, config: ml_collections.ConfigDict, steps: int, flag: str = "--steps"
+) -> None:
+    """steps must be an integer in 1..the sampler's bound."""
     top = sampler.max_steps(config)
-    if steps < 1 or (top is not None and steps > top):
-        bound = f"1..{top}" if top is not None else ">= 1"
+    whole = isinstance(steps, int | np.integer) and not isinstance(steps, bool)
+    if not whole or not 1 <= steps <= top:
+        shown = int(steps) if whole else repr(steps)
         raise UserError(
-            f"{sampler.name} steps={steps} must be {'in ' if top else ''}{bound}: pick --steps "
-            "in that range"
+            f"{sampler.name} steps={shown} must be in 1..{top}: pick {flag} in that range"
         )
 
 
 def _bounded(sampler: Sampler, config, steps: int) -> int:
-    top = sampler.max_steps(config)
-    return steps if top is None else min(steps, top)
+    return min(steps, sampler.max_steps(config))
 
 
 def nfe(config: ml_collections.ConfigDict, name: str, steps: int, guidance: float) -> int:

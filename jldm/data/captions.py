@@ -12,10 +12,14 @@ from collections.abc import Iterable, Sequence
 
 import jax
 import numpy as np
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast
 
-from jldm.errors import UserError
+from jldm.errors import UserError, missing_extra
+
+try:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+except ImportError as e:  # the [sd] extra's packages; core jldm trains without text
+    raise missing_extra(e, "text conditioning") from e
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIGIT_TEMPLATES = (
@@ -160,6 +164,19 @@ class CaptionTokenizer:
             return_tensors="np",
         )
         return out["input_ids"].astype(np.int32), out["attention_mask"].astype(np.int32)
+
+    def unknown_words(self, prompts: Sequence[str]) -> list[list[str]]:
+        """For each prompt, its words (as written) that become the unknown token."""
+        unk = self.hf.unk_token_id
+        if unk is None or not prompts:
+            return [[] for _ in prompts]
+        out = []
+        for prompt, enc in zip(prompts, self.hf(list(prompts)).encodings, strict=True):
+            # A tokenizer whose unknown token is also its end token (CLIP's) adds it to every
+            # prompt: only tokens read from the prompt's own text count.
+            read = zip(enc.ids, enc.offsets, enc.special_tokens_mask, strict=True)
+            out.append([prompt[a:b] for i, (a, b), added in read if i == unk and not added])
+        return out
 
     def decode(self, ids: np.ndarray) -> list[str]:
         """ids [B, L] -> B strings, special tokens dropped (punctuation comes back spaced)."""

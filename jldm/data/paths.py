@@ -4,17 +4,20 @@ A path with a URI scheme is kept as given (never made absolute, which would turn
 /cwd/gs:/b/x) and reaches Orbax and TFDS unchanged; jldm's own small files go through
 etils.epath there. A local path goes through the OS, which can lock files (flock) and rename
 them atomically (os.replace); an object store has neither, but an object upload is atomic:
-readers see the old object or the new one, never part of it.
+readers see the old object or the new one, never part of it. A store that cannot be reached
+(its filesystem package missing, no network, no credentials) is a UserError naming the path,
+never a path that "does not exist".
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from etils import epath
@@ -53,42 +56,105 @@ def dirname(path: str | os.PathLike) -> str:
     return f"{scheme}://{rest.rsplit('/', 1)[0]}"
 
 
+def _through_tensorflow() -> bool:
+    """Whether epath reaches cloud paths through TensorFlow's gfile rather than fsspec."""
+    from etils.epath import gpath
+
+    return bool(getattr(gpath, "_is_tf_installed", lambda: False)())
+
+
+def _filesystem_class(path: str):
+    """The fsspec class of a cloud path's scheme (None through TensorFlow); a UserError when its
+    package is not installed, instead of the traceback of the first access."""
+    import fsspec
+
+    from jldm.errors import UserError
+
+    if _through_tensorflow():
+        return None
+    scheme = path.split("://", 1)[0]
+    try:
+        return fsspec.get_filesystem_class(scheme)
+    except ImportError as e:
+        raise UserError(f"cannot reach {path}: {e} (pip install it)") from None
+    except ValueError:
+        raise UserError(f"cannot reach {path}: no filesystem knows {scheme}://") from None
+
+
+@contextlib.contextmanager
+def reaching(path: str) -> Iterator[None]:
+    """A cloud operation on path inside: a failure to reach the store (no network, no
+    credentials) as a UserError naming path; FileNotFoundError passes, for callers to judge."""
+    from jldm.errors import UserError, first_line
+
+    try:
+        yield
+    except (UserError, FileNotFoundError):
+        raise
+    except Exception as e:
+        raise UserError(
+            f"cannot reach {path} ({first_line(e)}): check the network and the credentials"
+        ) from None
+
+
 def as_epath(path: str | os.PathLike) -> epath.Path:
-    """The epath of path: local or cloud."""
-    return epath.Path(os.fspath(path))
+    """The epath of path: local or cloud (whose filesystem package must be installed)."""
+    path = os.fspath(path)
+    if not is_local(path):
+        _filesystem_class(path)
+    return epath.Path(path)
+
+
+def _kind(path: str) -> str | None:
+    """A cloud path's type ("file" or "directory"), None when nothing is there. fsspec's own
+    exists and isdir answer False when the store cannot be reached; its info raises."""
+    import fsspec
+
+    if _filesystem_class(path) is None:
+        p = as_epath(path)
+        return "directory" if p.is_dir() else "file" if p.exists() else None
+    with reaching(path):
+        fs, inner = fsspec.core.url_to_fs(path)
+        try:
+            return fs.info(inner)["type"]
+        except FileNotFoundError:
+            return None
 
 
 def isdir(path: str) -> bool:
-    return os.path.isdir(path) if is_local(path) else as_epath(path).is_dir()
+    return os.path.isdir(path) if is_local(path) else _kind(path) == "directory"
 
 
 def isfile(path: str) -> bool:
-    return os.path.isfile(path) if is_local(path) else as_epath(path).is_file()
+    return os.path.isfile(path) if is_local(path) else _kind(path) == "file"
 
 
 def exists(path: str) -> bool:
-    return os.path.exists(path) if is_local(path) else as_epath(path).exists()
+    return os.path.exists(path) if is_local(path) else _kind(path) is not None
 
 
 def makedirs(path: str) -> None:
     if is_local(path):
         os.makedirs(path, exist_ok=True)
     else:
-        as_epath(path).mkdir(parents=True, exist_ok=True)
+        with reaching(path):
+            as_epath(path).mkdir(parents=True, exist_ok=True)
 
 
 def listdir(path: str) -> list[str]:
     """Names in folder path."""
     if is_local(path):
         return os.listdir(path)
-    return [p.name for p in as_epath(path).iterdir()]
+    with reaching(path):
+        return [p.name for p in as_epath(path).iterdir()]
 
 
 def remove(path: str) -> None:
     if is_local(path):
         os.remove(path)
     else:
-        as_epath(path).unlink()
+        with reaching(path):
+            as_epath(path).unlink()
 
 
 def rename(src: str, dst: str) -> None:
@@ -97,14 +163,16 @@ def rename(src: str, dst: str) -> None:
     if is_local(src):
         os.replace(src, dst)
     else:
-        as_epath(src).rename(dst)
+        with reaching(src):
+            as_epath(src).rename(dst)
 
 
 def read_bytes(path: str) -> bytes:
     if is_local(path):
         with open(path, "rb") as f:
             return f.read()
-    return as_epath(path).read_bytes()
+    with reaching(path):
+        return as_epath(path).read_bytes()
 
 
 def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
@@ -115,7 +183,8 @@ def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
     if not is_local(path):
         buffer = io.BytesIO()
         write(buffer)
-        as_epath(path).write_bytes(buffer.getvalue())
+        with reaching(path):
+            as_epath(path).write_bytes(buffer.getvalue())
         return
     folder, name = os.path.split(path)
     # A hidden name of its own (not the file's name until done), created exclusively.
@@ -126,9 +195,13 @@ def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = path  # a failed write of an open file names no path: name the output
+        elif isinstance(e, OSError) and e.filename == tmp:
+            e.filename = path
         raise
 
 
@@ -146,3 +219,26 @@ def read_text(path: str) -> str:
 def write_text_atomic(path: str, text: str) -> None:
     """write_bytes_atomic of text as UTF-8."""
     write_bytes_atomic(path, text.encode())
+
+
+def check_links(path: str, what: str) -> None:
+    """Refuse a local path that is, or lies below, a symbolic link to nothing or a link loop
+    (it would neither exist nor be creatable), naming the link."""
+    from jldm.errors import UserError
+
+    if not is_local(path):
+        return
+    current = os.sep
+    for part in os.path.abspath(os.path.expanduser(path)).split(os.sep)[1:]:
+        current = os.path.join(current, part)
+        if not os.path.lexists(current):
+            return
+        if os.path.islink(current) and not os.path.exists(current):
+            loop = False
+            try:
+                os.stat(current)
+            except OSError as e:
+                loop = e.errno == errno.ELOOP
+            target = os.readlink(current)
+            why = "a symbolic link loop" if loop else f"a link to {target}, which does not exist"
+            raise UserError(f"{what} {path}: {current} is {why}: fix or remove the link")

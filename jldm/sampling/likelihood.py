@@ -18,6 +18,7 @@ from jldm.build.frames import likelihood_flow
 from jldm.build.model import is_latent, null_condition, sr_factor
 from jldm.build.noise import build_schedule
 from jldm.build.objectives import make_net
+from jldm.build.ranges import check_seed
 from jldm.build.vae import is_vae
 from jldm.diffusion.likelihood import dequantize, flow_likelihood
 from jldm.diffusion.score_losses import sample_probe
@@ -118,7 +119,7 @@ def bits_per_dim(
         if kind == "ode"
         else _vlb_chunk(run, terms, variance, clip)
     )
-    base = jax.random.PRNGKey(seed)
+    base = jax.random.PRNGKey(check_seed(seed))
     out, nfes = [], []
     for i in range(0, n, batch_size):
         pix, y = images_u8[i : i + batch_size], cond[i : i + batch_size]

@@ -14,7 +14,9 @@ import numpy as np
 
 from jldm.build import objectives
 from jldm.build import samplers as registry
+from jldm.build.memory import check_sampling_fits
 from jldm.build.model import model_shape, sr_factor, upsample
+from jldm.build.ranges import check_guidance, check_seed
 from jldm.diffusion.guidance import classifier_free_guidance
 from jldm.errors import UserError
 from jldm.runs.load import Loaded
@@ -59,6 +61,7 @@ def make_generator(
     null: np.ndarray | None = None,
     size: tuple[int, int] | None = None,
     z: np.ndarray | None = None,
+    split: int = 1,
 ) -> Generator:
     """The sampler key -> images [N,H,W,C] in [0, 1] for conditions cond ([N] or [N, L]).
 
@@ -67,13 +70,15 @@ def make_generator(
     super-resolution run (model.low_res_factor = f) sharpens. null: the unconditional branch's
     conditions, cond's shape (None: the null class or the empty prompt; e.g. negative prompts'
     token ids). size: (H, W) of the images (None: the run's square resolution). z: the start's
-    unit-normal draw [N, h, w, c] where the UNet works (None: drawn from the key).
+    unit-normal draw [N, h, w, c] where the UNet works (None: drawn from the key). split: the
+    number of devices the N samples are divided over (the size check is per device).
     """
-    for name, v in (("guidance", guidance), ("eta", eta)):
-        if not np.isfinite(v):
-            raise UserError(f"{name}={v} is not a number: pass a finite --{name}")
+    if not np.isfinite(eta):
+        raise UserError(f"eta={eta} is not a number: pass a finite --eta")
+    check_guidance(guidance)
     objective, chosen = _objective_and_sampler(run, sampler, steps)
     config = run.config
+    check_fits(run, len(cond), guidance, size, split)
     cond = jnp.asarray(cond, jnp.int32)
     shape = (cond.shape[0], *_model_size(run, size), model_shape(config)[1])
     inputs = {}
@@ -120,6 +125,18 @@ def make_generator(
     return Generator(jax.jit(go), params, cond, inputs)
 
 
+def check_fits(
+    run: Loaded, n: int, guidance: float, size: tuple[int, int] | None = None, split: int = 1
+) -> None:
+    """n samples of run in one call, split over `split` devices, must leave the network room
+    on a device: refused before anything of their size is allocated."""
+    h, w = _model_size(run, size)
+    height, width = size or (run.config.data.resolution,) * 2
+    what = f"{n} sample{'s' if n != 1 else ''} of {height}x{width}"
+    fix = "sample fewer or smaller images at once (sample.py --batch_size B --num N: in batches)"
+    check_sampling_fits(run.model.unet, -(-n // split), h, w, guidance != 1.0, what, fix)
+
+
 def _model_size(run: Loaded, size: tuple[int, int] | None) -> tuple[int, int]:
     """(h, w) where the UNet works for images of size (H, W) (None: the run's resolution)."""
     res, _ = model_shape(run.config)
@@ -144,6 +161,8 @@ def _low_res_input(config, low_res, shape):
     if low_res is None or tuple(np.shape(low_res)) != want:
         got = None if low_res is None else tuple(np.shape(low_res))
         raise UserError(f"super-resolution needs low-resolution images of shape {want}, got {got}")
+    if not np.isfinite(low_res).all():
+        raise UserError("the low-resolution images hold NaN or inf: pass finite pixels")
     return upsample(jnp.asarray(low_res, jnp.float32), shape[1])
 
 
@@ -158,6 +177,8 @@ def _known_in_model_space(run: Loaded, known, shape) -> tuple[jax.Array, jax.Arr
         raise UserError(
             f"inpainting mask of shape {mask.shape}: expected {want[:3] + (1,)} (1 = keep)"
         )
+    if not (np.isfinite(images).all() and np.isfinite(mask).all()):
+        raise UserError("the inpainting source or mask holds NaN or inf: pass finite pixels")
     x0 = encode_images(run, images)
     if run.stage1 is not None:
         # A latent is kept only where its whole pixel footprint is known.
@@ -214,7 +235,7 @@ def generate(
         null=null,
         size=size,
     )
-    raw = gen(jax.random.PRNGKey(seed))
+    raw = gen(jax.random.PRNGKey(check_seed(seed)))
     images = np.asarray(raw)
     if not np.isfinite(images).all():
         raise UserError(

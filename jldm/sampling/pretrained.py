@@ -17,6 +17,7 @@ from jldm.errors import UserError
 from jldm.runs.load import Loaded
 from jldm.runs.pretrained import as_run, default_compute_dtype, load_pretrained_run
 from jldm.sampling.pipeline import generate
+from jldm.sampling.progress import running
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ def sample_pretrained(
     how = "converted" if pipe.source == "converted" else "loaded from the Orbax cache"
     logger.info("%s %s in %.1f s", how, pipe.root, pipe.load_seconds)
     t0 = time.perf_counter()
-    images = generate_text_to_image(as_run(pipe), prompts, **options)
+    with running(f"sampling {len(prompts)} prompts, {sampler} {steps} steps"):
+        images = generate_text_to_image(as_run(pipe), prompts, **options)
     seconds = time.perf_counter() - t0
     makedirs(dirname(out) or ".")
     per_prompt = options.get("num_per_prompt", 1)

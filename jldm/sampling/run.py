@@ -1,5 +1,7 @@
 """What sampling needs of a trained run (a jldm.runs.load.Loaded): its conditions, latents."""
 
+import logging
+
 import jax
 import ml_collections
 import numpy as np
@@ -8,6 +10,32 @@ from jldm.build.model import null_condition
 from jldm.build.text import caption_table, text_tokenizer
 from jldm.errors import UserError
 from jldm.runs.load import Loaded, Stage1
+
+logger = logging.getLogger(__name__)
+
+
+def class_ids(labels, num_classes: int, what: str = "labels") -> np.ndarray:
+    """labels as int32 [N]: integers (integral floats too) in 0..num_classes - 1, else refused."""
+    a = np.asarray(labels)
+    if a.ndim != 1:
+        raise UserError(f"{what} of shape {a.shape}: pass one class id per sample, shape [N]")
+    if a.dtype.kind == "f" and not (np.isfinite(a).all() and (a == np.round(a)).all()):
+        raise UserError(f"{what} {a[:8].tolist()} are not whole numbers: pass class ids")
+    if a.dtype.kind not in "iuf" and a.size:
+        raise UserError(f"{what} of dtype {a.dtype}: pass integer class ids")
+    if a.size and (a.min() < 0 or a.max() >= num_classes):
+        raise UserError(f"{what} has {a.min():g}..{a.max():g}: class ids are 0..{num_classes - 1}")
+    return a.astype(np.int32)
+
+
+def _report_unknown_words(tokenizer, prompts: list[str]) -> None:
+    """A warning for each prompt with words the tokenizer reads as its unknown token."""
+    for prompt, words in zip(prompts, tokenizer.unknown_words(prompts), strict=True):
+        if words:
+            logger.warning(
+                f"warning: prompt {prompt!r}: {', '.join(map(repr, words))} not in the run's "
+                "vocabulary, read as <unk> (a token its training never showed)"
+            )
 
 
 def is_text(config: ml_collections.ConfigDict) -> bool:
@@ -29,8 +57,10 @@ def conditions(
     if prompts is not None:
         if not is_text(config):
             raise UserError("this run is class-conditional: pass --classes instead of --prompt")
-        return text_tokenizer(config).encode(list(prompts), config.text.max_length)[0]
-    labels = np.asarray(labels, np.int32)
+        tokenizer = text_tokenizer(config)
+        _report_unknown_words(tokenizer, list(prompts))
+        return tokenizer.encode(list(prompts), config.text.max_length)[0]
+    labels = class_ids(labels, config.data.num_classes)
     if is_text(config):
         return caption_table(config)[labels, 0]
     return labels

@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+from jldm.build.ranges import check_seed
 from jldm.data.paths import (
     isfile,
     join,
@@ -135,6 +136,7 @@ def sample_shards(
         steps=steps,
         guidance=guidance,
         eta=eta,
+        split=len(devices),
     )
     # The generator's program with its batch split over the devices.
     fn = jax.jit(gen.fn, out_shardings=batch)
@@ -143,7 +145,7 @@ def sample_shards(
     count = -(-num // batch_size)
     done = set(shard_paths(folder))
     todo = [i for i in range(count) if shard_path(folder, i) not in done]
-    base = jax.random.PRNGKey(seed)
+    base = jax.random.PRNGKey(check_seed(seed))
     t0 = time.perf_counter()
     for i in tqdm(todo, desc="shards", unit="shard", disable=None, dynamic_ncols=True):
         labels = labels_of(i)

@@ -13,11 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jldm.build.ranges import check_seed
 from jldm.build.vae import image_mean, is_conditional, networks
 from jldm.data.datasets import dataset_of, has_quality
 from jldm.errors import UserError
 from jldm.runs.load import Loaded
 from jldm.sampling.pipeline import Generator
+from jldm.sampling.run import class_ids
 from jldm.sampling.vae_likelihood import eval_pixels
 
 logger = logging.getLogger(__name__)
@@ -34,10 +36,7 @@ def _labels(run: Loaded, labels, num: int | None) -> np.ndarray:
         if num is None or num < 1:
             raise UserError("pass num >= 1 (or labels) for samples of an unconditional VAE")
         return np.zeros((num,), np.int32)
-    labels = np.asarray(labels, np.int32).reshape(-1)
-    if labels.size and (labels.min() < 0 or labels.max() >= c):
-        raise UserError(f"labels must lie in 0..{c - 1}, got {labels.min()}..{labels.max()}")
-    return labels
+    return class_ids(labels, c)
 
 
 def prior_generator(
@@ -74,7 +73,7 @@ def generate(
     scale (None: the run's config.sample.temperature)."""
     t = run.config.sample.temperature if temperature is None else temperature
     gen = prior_generator(run, labels, num=num, temperature=t)
-    images = np.asarray(gen(jax.random.PRNGKey(seed)))
+    images = np.asarray(gen(jax.random.PRNGKey(check_seed(seed))))
     if not np.isfinite(images).all():
         raise UserError("the VAE decoded non-finite samples: the run may have diverged")
     return np.round(images * 255.0).astype(np.uint8) if uint8 else images

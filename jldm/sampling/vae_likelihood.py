@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jldm.build.ranges import check_seed
 from jldm.build.vae import LEVELS, build_bounds, is_conditional, make_targets
 from jldm.diffusion.likelihood import bits_per_dim
 from jldm.diffusion.vae_bounds import log_mean_exp
@@ -97,7 +98,7 @@ def make_likelihood(config: ml_collections.ConfigDict, model, samples: int):
         pixels = np.asarray(pixels)
         n = len(pixels)
         batch = max(1, min(DECODES_PER_CALL // samples, n))
-        key = jax.random.PRNGKey(seed)
+        key = jax.random.PRNGKey(check_seed(seed))
         out = []
         for start in range(0, n, batch):
             pix = pixels[start : start + batch]

@@ -12,6 +12,7 @@ import time
 from jldm.cli import run_main
 from jldm.scripts.sample_flags import (
     FLAGS,
+    check_count,
     check_flags,
     class_labels,
     known_pixels,
@@ -28,7 +29,7 @@ def _sample_shards(workdir: str) -> None:
     import jldm
     from jldm.build import samplers
     from jldm.build.vae import is_vae
-    from jldm.data.paths import join, resolve
+    from jldm.data.paths import check_links, join, resolve
     from jldm.errors import UserError
     from jldm.runs.workdir import check_writable_folder
     from jldm.sampling.shards import sample_shards
@@ -42,6 +43,7 @@ def _sample_shards(workdir: str) -> None:
     if is_vae(run.config):
         raise UserError("--batch_size is for diffusion runs: drop it for a VAE run")
     out = resolve(FLAGS.out or join(workdir, "shards"))
+    check_links(out, "--out")
     check_writable_folder(out, "--out")
     s, d = run.config.sample, run.config.data
     classes = None
@@ -139,6 +141,7 @@ def _sample_diffusion(run, out: str, per_class: int) -> None:
     from jldm.build import samplers
     from jldm.data.datasets import has_quality
     from jldm.eval import save_grid
+    from jldm.sampling.progress import running
     from jldm.sampling.shards import save_npz
 
     d = run.config.data
@@ -154,24 +157,25 @@ def _sample_diffusion(run, out: str, per_class: int) -> None:
         img = read_image(FLAGS.low_res, "--low_res", d.channels)
         low_res = np.broadcast_to(img * 2.0 - 1.0, (len(labels), *img.shape))
     sampler, steps, guidance = sampler_steps_guidance(run)
+    nfe = samplers.nfe(run.config, sampler, steps, guidance)
 
     t0 = time.perf_counter()
-    images = jldm.generate(
-        run,
-        labels=None if prompts else labels,
-        prompts=prompts,
-        sampler=sampler,
-        steps=steps,
-        guidance=guidance,
-        eta=FLAGS.eta,
-        seed=FLAGS.seed,
-        known=known,
-        low_res=low_res,
-    )
+    with running(f"sampling {len(labels)} images, {sampler} {steps} steps ({nfe} NFE)"):
+        images = jldm.generate(
+            run,
+            labels=None if prompts else labels,
+            prompts=prompts,
+            sampler=sampler,
+            steps=steps,
+            guidance=guidance,
+            eta=FLAGS.eta,
+            seed=FLAGS.seed,
+            known=known,
+            low_res=low_res,
+        )
     seconds = time.perf_counter() - t0
     save_grid(images, out + ".png", ncols=per_class)
     save_npz(out + ".npz", images=images, labels=labels, prompts=np.asarray(prompts or []))
-    nfe = samplers.nfe(run.config, sampler, steps, guidance)
     print(
         f"step {run.step}: {len(labels)} samples, {sampler} ({nfe} NFE), "
         f"guidance {guidance}, {seconds:.1f} s incl. compile"
@@ -185,7 +189,7 @@ def main(owns_process: bool = False) -> None:
     """Sample FLAGS.workdir or FLAGS.pretrained; owns_process: the script runs, not a test."""
     import jldm
     from jldm.build.vae import is_vae
-    from jldm.data.paths import join, resolve
+    from jldm.data.paths import check_links, join, resolve
     from jldm.errors import UserError
 
     check_flags()
@@ -200,12 +204,14 @@ def main(owns_process: bool = False) -> None:
         raise UserError(
             "sample.py needs --workdir DIR (a folder written by train.py) or --pretrained DIR"
         )
+    check_links(FLAGS.workdir, "--workdir")
     workdir = resolve(FLAGS.workdir)  # a cloud path (gs://...) is kept as given
     if FLAGS.batch_size is not None:
         return _sample_shards(workdir)
     run = jldm.load(workdir, FLAGS.step)
     out = writable_prefix(FLAGS.out or join(workdir, "samples"))
     per_class = run.config.sample.per_class if FLAGS.num is None else FLAGS.num
+    check_count(run, per_class)
     if is_vae(run.config):
         return _sample_vae(run, out, per_class)
     _sample_diffusion(run, out, per_class)

@@ -63,7 +63,7 @@ flags.DEFINE_multi_string(
 flags.DEFINE_string(
     "source",
     None,
-    "Inpainting: the image to complete (.png, or .npy [H,W,C] in [0,1]).",
+    "Inpainting: the image to complete (.png, or .npy [H,W,C]: uint8, or floats in [0,1]).",
     flag_values=FLAGS,
 )
 flags.DEFINE_string(
@@ -75,7 +75,8 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "low_res",
     None,
-    "Super-resolution runs: the low-resolution image to sharpen (.png, or .npy [h,w,C] in [0,1]).",
+    "Super-resolution runs: the low-resolution image to sharpen (.png, or .npy [h,w,C]: uint8, "
+    "or floats in [0,1]).",
     flag_values=FLAGS,
 )
 flags.DEFINE_bool(
@@ -137,9 +138,10 @@ def class_labels(num_classes: int, classes: list[str] | None, per_class: int):
 
 def writable_prefix(out: str) -> str:
     """The --out prefix made absolute (a cloud one kept as given), its folder checked and made."""
-    from jldm.data.paths import dirname, makedirs, resolve
+    from jldm.data.paths import check_links, dirname, makedirs, resolve
     from jldm.runs.workdir import check_writable_folder
 
+    check_links(out, "--out")
     out = resolve(out)
     folder = dirname(out)
     check_writable_folder(folder, "the --out folder")
@@ -148,9 +150,10 @@ def writable_prefix(out: str) -> str:
 
 
 def read_image(path: str, flag: str, channels: int | None):
-    """A .png or .npy file -> float32 [H, W, C] in [0, 1] ([H, W] for channels None).
+    """A .png or .npy file -> float32 [H, W, C] in [0, 1], or a mask [H, W] (channels None).
 
-    path may be local or a cloud object (gs://...).
+    An image .npy holds uint8 (scaled by 1/255) or floats in [0, 1]; a mask's any numbers
+    (nonzero = keep). NaN and other dtypes are refused. path may be local or a cloud object.
     """
     import io
 
@@ -162,7 +165,7 @@ def read_image(path: str, flag: str, channels: int | None):
     try:
         source = path if is_local(path) else io.BytesIO(read_bytes(path))
         if path.endswith(".npy"):
-            a = np.load(source).astype(np.float32)
+            a = _unit_array(np.load(source), flag, path, mask=channels is None)
         else:
             from PIL import Image
 
@@ -173,6 +176,33 @@ def read_image(path: str, flag: str, channels: int | None):
     if channels is not None and a.ndim == 2:
         a = a[..., None]
     return a
+
+
+def _unit_array(a, flag: str, path: str, mask: bool):
+    """A loaded .npy as float32: uint8 images / 255, float images in [0, 1], masks as read."""
+    import numpy as np
+
+    from jldm.errors import UserError
+
+    kind = a.dtype.kind
+    if kind not in "buif":
+        raise UserError(f"{flag} {path} holds {a.dtype} values: pass numbers")
+    if kind == "f" and not np.isfinite(a).all():
+        raise UserError(f"{flag} {path} holds NaN or inf values: pass finite numbers")
+    if mask:
+        return a.astype(np.float32)
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    if kind != "f":
+        raise UserError(
+            f"{flag} {path} holds {a.dtype} values: pass uint8 (0..255) or floats in [0, 1]"
+        )
+    if a.size and (a.min() < 0 or a.max() > 1):
+        raise UserError(
+            f"{flag} {path} holds values in [{a.min():g}, {a.max():g}]: pass floats in [0, 1] "
+            "(or uint8 0..255)"
+        )
+    return a.astype(np.float32)
 
 
 def known_pixels(run, n: int):
@@ -204,18 +234,24 @@ def check_flags() -> None:
     """Values no run or model can use: 0 is a value here, not "unset"."""
     import math
 
+    from jldm.build import ranges
     from jldm.errors import UserError
 
     for name in ("num", "steps", "height", "width", "batch_size"):
         value = FLAGS[name].value
         if value is not None and value < 1:
             raise UserError(f"--{name}={value} must be >= 1 (leave it out for the default)")
+        if value is not None and value > ranges.INT32_MAX:
+            raise UserError(f"--{name}={value} must be at most {ranges.INT32_MAX}")
     for name in ("guidance", "eta"):
         value = FLAGS[name].value
         if value is not None and not math.isfinite(value):
             raise UserError(f"--{name}={value} must be a finite number")
     if FLAGS.eta is not None and not 0 <= FLAGS.eta <= 1:
         raise UserError(f"--eta={FLAGS.eta} must be in [0, 1] (0: deterministic DDIM)")
+    if FLAGS.guidance is not None:
+        ranges.check_guidance(FLAGS.guidance, "--guidance")
+    ranges.check_seed(FLAGS.seed, "--seed")
 
 
 def sampler_steps_guidance(run) -> tuple[str, int, float]:
@@ -226,3 +262,14 @@ def sampler_steps_guidance(run) -> tuple[str, int, float]:
     sampler = FLAGS.sampler or s.sampler
     steps = samplers.get(sampler).default_steps(run.config) if FLAGS.steps is None else FLAGS.steps
     return sampler, steps, s.guidance if FLAGS.guidance is None else FLAGS.guidance
+
+
+def check_count(run, per_class: int) -> None:
+    """The images of one call (per_class for each class or prompt) fit in this machine's
+    memory, checked before their labels are made (the network's share: make_generator's)."""
+    from jldm.build.memory import check_images_fit
+
+    d = run.config.data
+    n = per_class * len(FLAGS.prompt or FLAGS.classes or range(d.num_classes))
+    fix = "lower --num, or pass --batch_size B to write them in batches"
+    check_images_fit(n, (d.resolution, d.resolution, d.channels), fix)

@@ -58,16 +58,21 @@ flags.DEFINE_integer(
 def _check_config_loaded() -> None:
     """config_flags defers a --config file's load error to its first use: surface it here."""
     from jldm.errors import UserError
+    from jldm.train.checks import check_structure
 
+    name = config_flags.get_config_filename(FLAGS["config"])
     try:
         FLAGS.config.get("train")
     except OSError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        name = config_flags.get_config_filename(FLAGS["config"])
         raise UserError(
             f"cannot load --config {name} ({lines[-1] if lines else e}): pass a config file "
             "such as configs/digits_ddpm.py"
         ) from None
+    try:
+        check_structure(FLAGS.config)
+    except UserError as e:
+        raise UserError(f"--config {name}: {e}") from None
 
 
 def main(owns_process: bool = False) -> None:
@@ -90,6 +95,7 @@ def main(owns_process: bool = False) -> None:
 
     from jldm.data.paths import resolve
     from jldm.runs.orbax_echoes import quiet_abandoned_reads_for_process
+    from jldm.train.checks import config_keys
     from jldm.train.entry import train
 
     if owns_process:
@@ -98,7 +104,9 @@ def main(owns_process: bool = False) -> None:
         if jax.default_backend() == "cpu":
             keep_freed_memory()
     workdir = resolve(FLAGS.workdir)  # a cloud path (gs://...) is kept as given
-    if train(FLAGS.config, workdir, force=FLAGS.force) and jax.process_index() == 0:
+    with config_keys():
+        complete = train(FLAGS.config, workdir, force=FLAGS.force)
+    if complete and jax.process_index() == 0:
         print(f"trained: {workdir} (checkpoints in {workdir}/checkpoints)")
 
 

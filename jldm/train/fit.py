@@ -23,8 +23,10 @@ from jldm.errors import UserError
 from jldm.runs import checkpoint
 from jldm.train.feeder import Prefetcher
 from jldm.train.metrics_log import MetricWriter
+from jldm.train.saves import checkpoint_writes
 from jldm.train.signals import stop_requests
 from jldm.train.step import check_steps_per_call, mean_metrics
+from jldm.train.writers import Writer, WriterFactory
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +88,9 @@ def check_section(section: ml_collections.ConfigDict, name: str) -> None:
     check_steps_per_call(section, name)
 
 
-def fit(task: Task, workdir: str) -> Result:
-    """Train task in workdir, resuming from its latest readable checkpoint."""
+def fit(task: Task, workdir: str, writer: WriterFactory | Writer | None = None) -> Result:
+    """Train task in workdir, resuming from its latest readable checkpoint. writer: where the
+    metrics go besides metrics.jsonl (see MetricWriter; None: TensorBoard)."""
     sec = task.section
     check_section(sec, task.name)
     k, total = sec.get("steps_per_call", 1), sec.steps
@@ -110,7 +113,7 @@ def fit(task: Task, workdir: str) -> Result:
             f"the run resumes at step {start}, not a multiple of {task.name}.steps_per_call={k}: "
             "use the steps_per_call it was trained with"
         )
-    writer = MetricWriter(workdir, enabled=main, resume_step=start)
+    writer = MetricWriter(workdir, enabled=main, resume_step=start, writer=writer)
     if task.describe:
         writer.text(start, "config", task.describe)
     if start == 0 and task.evaluate is not None:
@@ -128,7 +131,8 @@ def fit(task: Task, workdir: str) -> Result:
         """The call's skipped steps; TrainingDiverged if it had one and skipping is off."""
         bad = np.asarray(jax.device_get(metrics["nonfinite"]))
         if bad.any() and not skip:
-            mngr.wait_until_finished()
+            with checkpoint_writes(mngr):
+                mngr.wait_until_finished()
             last = mngr.latest_step()
             kept = (
                 "no checkpoint was written yet"
@@ -181,14 +185,18 @@ def fit(task: Task, workdir: str) -> Result:
                         writer.image(done, tag, image)
                 if save_now or stop_skipping:
                     meta = {**task.meta, "step": done, "data_step": done}
-                    checkpoint.save(mngr, state, meta)
+                    with checkpoint_writes(mngr):
+                        checkpoint.save(mngr, state, meta)
                 if stop or stop_skipping:
                     break
     finally:
-        mngr.wait_until_finished()  # every checkpoint written before the loop returns or raises
-        feeder.close()
-        bar.close()
-        writer.close()
+        try:
+            with checkpoint_writes(mngr):
+                mngr.wait_until_finished()  # every checkpoint written before the loop ends
+        finally:
+            feeder.close()
+            bar.close()
+            writer.close()
     ran = done - start
     if stop_skipping:
         raise TrainingDiverged(

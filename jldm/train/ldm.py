@@ -124,11 +124,15 @@ def _stage1_step(folder: str) -> int:
 
 
 def fit_latent(
-    config: ml_collections.ConfigDict, workdir: str, data: Source | tuple[np.ndarray, np.ndarray]
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    data: Source | tuple[np.ndarray, np.ndarray],
+    writer=None,
 ) -> Result:
     """Both stages in workdir on data, a source of (images [n,H,W,C] in [-1, 1], labels [n])
     rows (training_source) or those arrays in memory; stage 1 is skipped when stage1.workdir
-    names a finished run. Training stage 1 takes the images in memory; the latents never are."""
+    names a finished run. Training stage 1 takes the images in memory; the latents never are.
+    writer: each stage's metric writer, as jldm.train.fit's."""
     source = as_source(data)
     latent_folder(config, workdir)  # refused before stage 1 trains
     folder = stage1_folder(config, workdir)
@@ -138,7 +142,7 @@ def fit_latent(
     else:
         makedirs(folder)
         arrays = data if isinstance(data, tuple) else _in_memory(source)
-        first = fit(stage1_task(config, folder, *arrays), folder)
+        first = fit(stage1_task(config, folder, *arrays), folder, writer)
         del arrays
         if not first.complete:
             return first
@@ -153,4 +157,4 @@ def fit_latent(
         )
     stage1 = Stage1(ae, params, latents.scale)
     meta = {"latent_scale": latents.scale, "stage1": folder}
-    return fit(diffusion_task(config, workdir, latents, stage1, meta), workdir)
+    return fit(diffusion_task(config, workdir, latents, stage1, meta), workdir, writer)

@@ -141,8 +141,9 @@ def noise_levels(config: ml_collections.ConfigDict) -> density.Levels:
     return sigma, jnp.ones_like(sigma), sigma
 
 
-def toy_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
-    """Train on exact draws of the density; log the score error; finish with samples."""
+def toy_task(config: ml_collections.ConfigDict, workdir: str, writer=None) -> Task:
+    """Train on exact draws of the density; log the score error; finish with samples (their
+    figures to writer, as jldm.train.fit's)."""
     check_config(config)
     if jax.process_count() > 1:
         raise UserError("toy runs are single-process: drop --num_processes/--coordinator")
@@ -198,7 +199,7 @@ def toy_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
             "score_error": float(error(state.params, t.steps)),
             "score_error_ema": float(error(state.ema_params, t.steps)),
         }
-        report_samples(config, workdir, mix, x, err_init, final)
+        report_samples(config, workdir, mix, x, err_init, final, writer)
 
     return Task(
         name="train",
@@ -216,9 +217,13 @@ def _fmt(v: np.ndarray) -> str:
     return "[" + ", ".join(f"{float(w):.3f}" for w in v) + "]"
 
 
-def report_samples(config, workdir: str, mix: GaussianMixture, x, err_init: float, final: dict):
-    """Mode report of samples x [N,2]: metrics.jsonl, samples.npz, samples.png and a summary."""
+def report_samples(
+    config, workdir: str, mix: GaussianMixture, x, err_init: float, final: dict, writer=None
+):
+    """Mode report of samples x [N,2]: metrics.jsonl and writer (None: config.train.writer's),
+    samples.npz, samples.png and a summary."""
     from jldm.train.metrics_log import MetricWriter
+    from jldm.train.writers import from_config
 
     report = density.mode_report(mix, x)
     exact = density.mode_report(mix, density.exact_draws(mix, len(x), config.seed))
@@ -228,9 +233,9 @@ def report_samples(config, workdir: str, mix: GaussianMixture, x, err_init: floa
         mean_dist=report["mean_dist"],
         nonfinite_samples=report["nonfinite"],
     )
-    writer = MetricWriter(workdir)
-    writer.write(config.train.steps, final)
-    writer.close()
+    log = MetricWriter(workdir, writer=from_config(config) if writer is None else writer)
+    log.write(config.train.steps, final)
+    log.close()
     means, stds = np.asarray(mix.means), np.asarray(mix.stds)
     save_npz(
         join(workdir, "samples.npz"),
