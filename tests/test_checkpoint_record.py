@@ -198,3 +198,11 @@ def test_compare_refuses_an_edited_run_before_sampling_any(pixel, run_copy, caps
     err = capsys.readouterr().err
     assert_error_line(code, err, f"{run_copy}/config.json disagrees", "diffusion.objective (edm")
     assert not os.path.exists(os.path.join(os.path.dirname(run_copy), "t.md"))
+
+
+def test_a_step_given_as_text_loads_that_step_and_a_bad_one_is_named(run_copy):
+    """jldm.load(W, '2') is step 2 (a notebook's or a flag's string), not 'step 2 is missing'."""
+    assert jldm.load(run_copy, str(STEP)).step == STEP
+    for bad in ("two", -1, 2.5, True):
+        with pytest.raises(UserError, match="is no step number"):
+            jldm.load(run_copy, bad)

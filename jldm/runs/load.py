@@ -49,8 +49,19 @@ def load_run(workdir: str, step: int | None = None, ema: bool = True) -> Loaded:
     """The run in workdir at step (None: the latest readable), with EMA or raw params."""
     if not isdir(workdir):
         raise UserError(f"workdir {workdir} does not exist: pass the --workdir given to train.py")
+    if step is not None:
+        step = _step_number(step)
     config = read_config(workdir)
     return load_state(config, workdir, step, ema, source=config_path(workdir))
+
+
+def _step_number(step) -> int:
+    """A checkpoint step given as an int (numpy's too) or a string of digits ('4')."""
+    if isinstance(step, str) and step.strip().isdigit():
+        return int(step)
+    if isinstance(step, bool) or not hasattr(step, "__index__") or int(step) < 0:
+        raise UserError(f"step {step!r} is no step number: pass a whole number such as 500")
+    return int(step)
 
 
 def _manager(config: ml_collections.ConfigDict, workdir: str, source: str):
