@@ -5,6 +5,7 @@ The bounds are from below (the arrays that must exist at the same time), so a re
 certain; passing the check does not promise that a program fits.
 """
 
+import math
 import os
 
 import jax
@@ -88,11 +89,14 @@ def check_sampling_fits(
         )
 
 
+def _float32_bytes(n: int, shape: tuple) -> int:
+    """Bytes of n float32 arrays of shape (Python ints: no overflow)."""
+    return 4 * n * math.prod(int(d) for d in shape)
+
+
 def check_images_fit(n: int, shape: tuple, fix: str) -> None:
     """n float32 images of shape (H, W, C) must fit in this machine's memory."""
-    size = 4 * n
-    for d in shape:
-        size *= int(d)
+    size = _float32_bytes(n, shape)
     if size > host_bytes():
         raise UserError(
             f"{n} images of {shape} take {_gib(size)} as float32, more than this machine's "
@@ -106,9 +110,7 @@ def check_batch_fits(
     """A training batch of `batch` float32 inputs of `shape` (steps_per_call of them read at
     once) must fit in this process's share of the host's memory, and (unet given) each
     device's share of it the UNet's activations (network_bytes)."""
-    size = 4 * steps_per_call * -(-batch // jax.process_count())
-    for d in shape:
-        size *= int(d)
+    size = _float32_bytes(steps_per_call * -(-batch // jax.process_count()), shape)
     if size > host_bytes():
         raise UserError(
             f"{section}.batch_size={batch} makes the inputs of one call {_gib(size)} "
