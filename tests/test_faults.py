@@ -160,6 +160,26 @@ def test_sample_py_on_a_full_disk_names_the_file_and_keeps_what_was_there(
     _cli(sample, argv, tmp_path, capsys, f"{tmp_path}/s.png", "No space left", "free some space")
 
 
+def test_sample_py_replaces_the_grid_and_its_npz_both_or_neither(
+    run_folder, tmp_path, capsys, monkeypatch
+):
+    (tmp_path / "s.png").write_bytes(b"an earlier grid")
+    (tmp_path / "s.npz").write_bytes(b"its earlier samples")
+    monkeypatch.setattr(jldm, "generate", lambda run, **k: np.zeros((10, 8, 8, 1), np.float32))
+    real_savez = np.savez
+
+    def full(file, **arrays):
+        real_savez(file, **arrays)  # the grid is written whole, then the .npz's flush fails
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    argv = _sample("--num", "1", "--steps", "2")
+    _cli(sample, argv, tmp_path, capsys, f"{tmp_path}/s.npz", "No space left", "free some space")
+    assert (tmp_path / "s.png").read_bytes() == b"an earlier grid"
+    assert (tmp_path / "s.npz").read_bytes() == b"its earlier samples"
+    assert not [p for p in tmp_path.rglob(".tmp-*")]
+
+
 def _tiny_task() -> Task:
     """Two steps of a state of four zeros: the loop's checkpoints without a model."""
     init_fn, tx = (lambda k: {"w": jnp.zeros((4,))}), optax.sgd(0.1)

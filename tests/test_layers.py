@@ -12,7 +12,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "jldm"
 
 # Lowest first. Packages on one line share a layer but still may not import each other.
 LAYERS = [
-    ["jldm.errors", "jldm.cache", "jldm.configs"],
+    ["jldm.errors", "jldm.cache", "jldm.configs", "jldm.temporaries"],
     ["jldm.cli", "jldm.host"],
     ["jldm.nn", "jldm.diffusion"],
     ["jldm.data", "jldm.convert"],

@@ -32,6 +32,7 @@ from jldm.nn import autoencoder, layers, text_encoder
 from jldm.nn import unet as unet_module
 from jldm.nn.layers import Dtype
 from jldm.nn.text_encoder import CLIPTextEncoder
+from jldm.temporaries import temporary
 
 logger = logging.getLogger(__name__)
 
@@ -133,16 +134,18 @@ def _save_cache(cache: str, params: dict, marker: dict) -> bool:
         return False
     if not os.access(parent, os.W_OK):
         return False
-    tmp = f"{cache}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.abspath(os.path.join(tmp, "params")), params)
-    ckptr.wait_until_finished()
-    with open(os.path.join(tmp, _MARKER), "w") as f:
-        json.dump(marker, f)
-    if os.path.isdir(cache):
-        shutil.rmtree(cache)  # a stale cache of ours (checked by the caller)
-    os.replace(tmp, cache)
+    tmp = temporary(cache)  # once the folders of killed conversions are removed
+    try:
+        ckptr = ocp.StandardCheckpointer()
+        ckptr.save(os.path.abspath(os.path.join(tmp, "params")), params)
+        ckptr.wait_until_finished()
+        with open(os.path.join(tmp, _MARKER), "w") as f:
+            json.dump(marker, f)
+        if os.path.isdir(cache):
+            shutil.rmtree(cache)  # a stale cache of ours (checked by the caller)
+        os.replace(tmp, cache)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return True
 
 

@@ -16,11 +16,12 @@ import errno
 import io
 import os
 import re
-import secrets
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from etils import epath
+
+from jldm.temporaries import pending, temporary
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -179,21 +180,31 @@ def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
     """Call write(f) on a binary file that becomes path only once write returned: locally a
     temporary file in path's folder renamed over path (os.replace), to a cloud path one object
     upload of what write wrote (in memory). Should write (or the disk) fail, path keeps what it
-    held before and no temporary file is left behind."""
+    held before and no temporary file is left behind. Inside jldm.temporaries.together()
+    the rename (or the upload) waits for the end of the block."""
+    waiting = pending()
     if not is_local(path):
         buffer = io.BytesIO()
         write(buffer)
-        with reaching(path):
-            as_epath(path).write_bytes(buffer.getvalue())
+
+        def upload() -> None:
+            with reaching(path):
+                as_epath(path).write_bytes(buffer.getvalue())
+
+        if waiting is None:
+            upload()
+        else:
+            waiting.append((path, upload))
         return
-    folder, name = os.path.split(path)
-    # A hidden name of its own (not the file's name until done), created exclusively.
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{name}")
+    tmp = temporary(path)
     try:
-        with open(tmp, "xb") as f:
+        with open(tmp, "xb") as f:  # created exclusively
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if waiting is not None:
+            waiting.append((path, tmp))
+            return
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):

@@ -89,6 +89,7 @@ def sample_pretrained(
     from jldm.data.paths import dirname, makedirs
     from jldm.eval import save_grid
     from jldm.sampling.shards import save_npz
+    from jldm.temporaries import together
 
     # Mistakes that need no weights are reported before the (slow) load.
     sampler, steps = options.get("sampler", "ddim"), options.get("steps", 50)
@@ -108,9 +109,10 @@ def sample_pretrained(
     seconds = time.perf_counter() - t0
     makedirs(dirname(out) or ".")
     per_prompt = options.get("num_per_prompt", 1)
-    save_grid(images, out + ".png", ncols=per_prompt)
     per_image = [p for p in prompts for _ in range(per_prompt)]
-    save_npz(out + ".npz", images=images, prompts=np.asarray(per_image))
+    with together():  # a grid and its .npz are replaced both or neither
+        save_grid(images, out + ".png", ncols=per_prompt)
+        save_npz(out + ".npz", images=images, prompts=np.asarray(per_image))
     logger.info(
         "%d images %dx%d, %s %d steps, guidance %s, %s, %.1f s incl. compile",
         images.shape[0],

@@ -176,6 +176,7 @@ def sample_vae_run(
     that a VAE run refuses when set. -> the written paths."""
     from jldm.eval import save_grid
     from jldm.sampling.shards import save_npz
+    from jldm.temporaries import together
 
     _refuse(unused or {})
     config = run.config
@@ -184,8 +185,9 @@ def sample_vae_run(
     t0 = time.perf_counter()
     images = generate(run, labels=labels if cond else None, num=len(labels), seed=seed)
     seconds = time.perf_counter() - t0
-    paths = [save_grid(images, out + ".png", ncols=per_class), out + ".npz"]
-    save_npz(paths[1], images=images, labels=labels if cond else np.full(len(images), -1))
+    with together():  # a grid and its .npz are replaced both or neither
+        paths = [save_grid(images, out + ".png", ncols=per_class), out + ".npz"]
+        save_npz(paths[1], images=images, labels=labels if cond else np.full(len(images), -1))
 
     pixels, test_labels = eval_pixels(config, 2 * per_class)
     x = pixels.astype(np.float32) / 255.0

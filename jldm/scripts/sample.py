@@ -143,6 +143,7 @@ def _sample_diffusion(run, out: str, per_class: int) -> None:
     from jldm.eval import save_grid
     from jldm.sampling.progress import running
     from jldm.sampling.shards import save_npz
+    from jldm.temporaries import together
 
     d = run.config.data
     prompts = None
@@ -174,8 +175,9 @@ def _sample_diffusion(run, out: str, per_class: int) -> None:
             low_res=low_res,
         )
     seconds = time.perf_counter() - t0
-    save_grid(images, out + ".png", ncols=per_class)
-    save_npz(out + ".npz", images=images, labels=labels, prompts=np.asarray(prompts or []))
+    with together():  # a grid and its .npz are replaced both or neither
+        save_grid(images, out + ".png", ncols=per_class)
+        save_npz(out + ".npz", images=images, labels=labels, prompts=np.asarray(prompts or []))
     print(
         f"step {run.step}: {len(labels)} samples, {sampler} ({nfe} NFE), "
         f"guidance {guidance}, {seconds:.1f} s incl. compile"
