@@ -11,6 +11,7 @@ one line per objective/sampler, with the figures of as many real training images
 classes, at the model's resolution) dashed."""
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -115,7 +116,8 @@ def quality(images: np.ndarray, labels: np.ndarray, config) -> dict:
 
 def sample_row(run: api.Loaded, sampler: str, steps: int, g: float, per_class: int, seed: int):
     """per_class samples of every class by sampler in steps at guidance g (a VAE: its prior,
-    one decoder pass per image), timed and scored."""
+    one decoder pass per image), timed and scored. Samples or figures that came out NaN or Inf
+    give a row without figures and with diverged: True."""
     from jldm.build.vae import is_vae
 
     config = run.config
@@ -133,7 +135,13 @@ def sample_row(run: api.Loaded, sampler: str, steps: int, g: float, per_class: i
         what["nfe"] = samplers.nfe(config, sampler, steps, g)
     images, compile_s, sample_s = timed(gen, seed)
     what.update(compile_s=compile_s, sample_s=sample_s, images_s=len(labels) / sample_s)
-    return {**what, "num_samples": len(labels), **quality(images, labels, config)}
+    row = {**what, "num_samples": len(labels)}
+    if not np.isfinite(images).all():
+        return {**row, "diverged": True}
+    figures = quality(images, labels, config)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in figures.values()):
+        return {**row, "diverged": True}
+    return {**row, **figures}
 
 
 def bpd_row(run: api.Loaded, images: int, seed: int, options: dict) -> dict:
@@ -232,10 +240,15 @@ def real_row(config, per_class: int, seed: int = 0) -> dict | None:
 
 
 def markdown(rows: list[dict], columns=COLUMNS) -> str:
-    """The table of rows as Markdown; missing figures show as '-'."""
+    """The table of rows as Markdown; missing figures show as '-', a diverged row's as
+    'diverged'."""
     lines = ["| " + " | ".join(n for n, _ in columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        cells = [fmt.format(r[n]) if r.get(n) is not None else "-" for n, fmt in columns]
+        gone = "diverged" if r.get("diverged") else "-"
+        cells = [
+            fmt.format(r[n]) if r.get(n) is not None else gone if n in _FIGURES else "-"
+            for n, fmt in columns
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

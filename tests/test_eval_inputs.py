@@ -71,6 +71,37 @@ def test_reference_statistics_holding_nan_are_refused_not_printed(sets, tmp_path
     )
 
 
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    """A data_dir holding the digits dataset, prepared."""
+    from jldm.data import Dataset, open_split
+
+    folder = str(tmp_path_factory.mktemp("data"))
+    open_split(Dataset("digits", folder), "test")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("ref", "words"),
+    [
+        ("no_such_dataset:test", "no_such_dataset"),
+        ("digits:valid", "split 'valid' not in dataset 'digits': pick one of test, train"),
+        ("fashion_mnist:test", "nowhere"),
+    ],
+)
+def test_a_wrong_dataset_reference_is_refused_before_the_weights_are_read(
+    sets, tmp_path, data_dir, capsys, monkeypatch, ref, words
+):
+    from jldm.convert import inception
+
+    read = []
+    monkeypatch.setattr(inception, "load_inception", lambda w: read.append(w) or 1 / 0)
+    flags = [f"--data_dir={data_dir}", f"--fashion_dir={tmp_path}/nowhere"]
+    line = _fid(capsys, tmp_path, sets.samples, f"--ref={ref}", f"--weights={sets.weights}", *flags)
+    assert words in line
+    assert read == []
+
+
 def test_a_nan_pixel_is_refused_before_the_inception_pass(sets, tmp_path, capsys):
     x = np.full((4, 8, 8, 3), 0.5, np.float32)
     x[2, 3, 4, 1] = np.nan
@@ -231,3 +262,52 @@ def test_compare_refuses_a_non_finite_figure_and_writes_no_table(tmp_path, capsy
     row.update(bits_per_dim=1.0, frechet=float("inf"))
     line = _compare(capsys, tmp_path, str(tmp_path), out)
     assert "frechet came out inf" in line and "look at them with sample.py" in line
+
+
+def test_a_diverged_grid_setting_is_a_marked_row_and_the_others_are_still_made(
+    tmp_path, capsys, monkeypatch
+):
+    import json
+
+    from jldm import compare
+    from jldm.runs import load
+    from tests.test_value_checks import _run
+
+    run = tmp_path / "r"
+    run.mkdir()
+    monkeypatch.setattr(load, "check_run", lambda w: None)
+    monkeypatch.setattr(compare.api, "load", lambda w, step=None: _run())
+    monkeypatch.setattr(compare, "real_row", lambda config, per_class: None)
+    monkeypatch.setattr(compare.api, "make_generator", lambda run, cond, **k: k)
+    nan, inf = [("ddim", 1)], [("euler", 2)]  # samples NaN; finite samples, Frechet Inf
+
+    def timed(gen, seed):
+        setting = (gen["sampler"], gen["steps"])
+        value = np.nan if setting in nan else 0.25 if setting in inf else 0.5
+        return np.full((10, 8, 8, 1), value, np.float32), 1.0, 0.5
+
+    def quality(images, labels, config):
+        assert np.isfinite(images).all()
+        frechet = float("inf") if images.max() == 0.25 else 3.0
+        return {"class_accuracy": 0.9, "frechet": frechet, "kid": 0.1, "precision": 0.5,
+                "recall": 0.4}  # fmt: skip
+
+    monkeypatch.setattr(compare, "timed", timed)
+    monkeypatch.setattr(compare, "quality", quality)
+    args = ["jldm-compare", str(run), "--grid", "--samplers=ddim,euler", "--budgets=2,4",
+            "--bpd_images=0", "--per_class=1", f"--out={tmp_path}/t"]  # fmt: skip
+    code = run_cli(compare_script.main, args, compare_script.FLAGS, positional=True)
+    err = capsys.readouterr().err
+    assert_error_line(code, err, "run r (ddim, 1 steps); run r (euler, 2 steps)", "diverged")
+    rows = [json.loads(line) for line in open(tmp_path / "t.jsonl")]
+    made = {(r["sampler"], r["steps"]): r for r in rows if r["table"] == "grid"}
+    assert sorted(made) == [("ddim", 1), ("ddim", 2), ("euler", 1), ("euler", 2)]
+    for setting, r in made.items():
+        assert r.get("diverged", False) == (setting in nan + inf)
+        assert r.get("frechet") == (None if setting in nan + inf else 3.0)
+    table = (tmp_path / "t.md").read_text()
+    assert "nan" not in table.lower() and "inf" not in table.lower()
+    (row,) = [line for line in table.splitlines() if "| ddim | 1 |" in line]
+    assert row.count("| diverged ") == 5
+    (row,) = [line for line in table.splitlines() if "| ddim | 2 |" in line]
+    assert "| 3.00 |" in row and "diverged" not in row
