@@ -95,7 +95,6 @@ def main(owns_process: bool = False) -> None:
 
     from jldm.data.paths import resolve
     from jldm.runs.orbax_echoes import quiet_abandoned_reads_for_process
-    from jldm.train.checks import config_keys
     from jldm.train.entry import train
 
     if owns_process:
@@ -104,8 +103,7 @@ def main(owns_process: bool = False) -> None:
         if jax.default_backend() == "cpu":
             keep_freed_memory()
     workdir = resolve(FLAGS.workdir)  # a cloud path (gs://...) is kept as given
-    with config_keys():
-        complete = train(FLAGS.config, workdir, force=FLAGS.force)
+    complete = train(FLAGS.config, workdir, force=FLAGS.force)
     if complete and jax.process_index() == 0:
         print(f"trained: {workdir} (checkpoints in {workdir}/checkpoints)")
 

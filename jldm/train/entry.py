@@ -17,6 +17,7 @@ from jldm.train.checks import (
     check_sampling,
     check_sizes,
     check_structure,
+    config_keys,
     faults_in,
     new_workdir,
 )
@@ -35,8 +36,14 @@ def train(
     writing the poisoned state. Everything that can be refused is refused before the first
     write, and one process at a time trains in a workdir. writer: an object with the methods
     of jldm.train.writers.Writer that gets the metrics (and the config as hparams) instead of
-    config.train.writer's writer; it is flushed, not closed.
+    config.train.writer's writer; it is flushed, not closed. A section or key the config lacks
+    is a UserError naming it.
     """
+    with config_keys():
+        return _train(config, workdir, force, writer)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, force: bool, writer) -> bool:
     check_structure(config)
     ranges.check_config(config)
     if writer is None:
