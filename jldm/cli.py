@@ -23,6 +23,7 @@ import contextlib
 import inspect
 import logging
 import os
+import re
 import sys
 import threading
 import traceback
@@ -32,6 +33,8 @@ from absl import flags
 from absl import logging as absl_logging
 
 from jldm.errors import UserError, first_line, os_error_line
+
+_EXAMPLE = "configs/digits_demo.py"
 
 # The exit code of a command stopped by Ctrl-C (128 + SIGINT), as a shell reports it.
 INTERRUPTED = 130
@@ -182,10 +185,15 @@ def _forget_last_parse(flag_values: flags.FlagValues) -> None:
 
     Parsing --config defines a flag config.PATH per override, bound to that parse's ConfigDict;
     left in place, a later parse would write into the old ConfigDict or refuse to define it again.
+    The config file's module goes too.
     """
     for name in list(flag_values):
         if "." in name and name.split(".", 1)[0] in flag_values:
             delattr(flag_values, name)
+        # ml_collections loads a config file as module NAME_config into sys.modules, and a later
+        # load executes the next file into that module: a name the next file lacks
+        # (get_config) would still be the previous file's.
+        sys.modules.pop(f"{name}_config", None)
     flag_values.unparse_flags()
 
 
@@ -200,16 +208,70 @@ def _help(main: Callable[..., None], flag_values: flags.FlagValues) -> str:
     return f"{doc}\n\n{options.strip()}".strip()
 
 
+_FAILED_IN = re.compile(r'File "([^"]+)", line (\d+)')
+
+
+def _config_file(argv: list[str]) -> str:
+    """The --config FILE of argv ('' if none)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return ""
+
+
+def _failed_in_config(message: str) -> str | None:
+    """file:line: exception of a config file's get_config() that failed, from the traceback
+    text ml_collections puts in its error message; None for any other message."""
+    head, sep, trace = message.partition("Error whilst parsing config file:")
+    if not sep:
+        return None
+    frames = [
+        (f, n) for f, n in _FAILED_IN.findall(trace) if os.sep + "site-packages" + os.sep not in f
+    ]
+    lines = [line.strip() for line in trace.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else head
+    return f"{frames[-1][0]}:{frames[-1][1]}: {last}" if frames else last
+
+
+def _unknown_key(argv: list[str], key: str) -> str:
+    """The message of an override naming a key the config lacks."""
+    named = [
+        a.split("=", 1)[0]
+        for a in argv
+        if a.startswith("--config.") and key in a.split("=", 1)[0].split(".")[1:]
+    ]
+    flag = named[0] if named else "a --config override"
+    return f"{flag}: the config has no key {key!r}: check the spelling against the config file"
+
+
 def _parse(argv: list[str], flag_values: flags.FlagValues) -> list[str] | str:
     """The arguments left after the flags, or the message of a user mistake."""
+    config = _config_file(argv)
     try:
         return flag_values(argv)[1:]
     except flags.Error as e:
+        if where := _failed_in_config(str(e)):
+            return f"cannot load the config: {where}: fix the file"
         return f"{e} (see --help)"
+    except OSError as e:
+        if not os.path.exists(config):
+            cause = "it does not exist"
+        elif os.path.isdir(config):
+            cause = "it is a folder"
+        else:
+            cause = e.strerror or str(e).split("failure to load: ")[-1]
+        return f"cannot read the config file {config}: {cause}: pass a file such as {_EXAMPLE}"
     except Exception as e:
         if where := _config_code_error(e):
             return f"cannot load the config: {where}: fix the file"
-        if isinstance(e, KeyError | AttributeError | TypeError | ValueError | FileNotFoundError):
+        if isinstance(e, AttributeError) and "get_config" in str(e):
+            return f"{config} defines no get_config(): define one returning a ConfigDict"
+        missing = e.args[0] if isinstance(e, AttributeError) and e.args else e
+        if isinstance(missing, KeyError) and missing.args:
+            return _unknown_key(argv, str(missing.args[0]).strip("'\""))
+        if isinstance(e, KeyError | AttributeError | TypeError | ValueError):
             return f"bad config or override: {e}"
         raise
 

@@ -131,7 +131,7 @@ def test_the_steps_of_every_sampler_are_bounded():
             samplers.check_steps(s, config, top)
             with pytest.raises(UserError, match=f"{name} steps={top + 1} must be in 1..{top}"):
                 samplers.check_steps(s, config, top + 1)
-    with pytest.raises(UserError, match="steps='4'"):
+    with pytest.raises(UserError, match="steps='4' is no whole number"):
         samplers.check_steps(samplers.get("ddim"), discrete, "4")
 
 

@@ -249,10 +249,13 @@ def check_steps(
     """steps must be an integer in 1..the sampler's bound."""
     top = sampler.max_steps(config)
     whole = isinstance(steps, int | np.integer) and not isinstance(steps, bool)
-    if not whole or not 1 <= steps <= top:
-        shown = int(steps) if whole else repr(steps)
+    if not whole:
         raise UserError(
-            f"{sampler.name} steps={shown} must be in 1..{top}: pick {flag} in that range"
+            f"{sampler.name} steps={steps!r} is no whole number: pass {flag} as an int in 1..{top}"
+        )
+    if not 1 <= steps <= top:
+        raise UserError(
+            f"{sampler.name} steps={int(steps)} must be in 1..{top}: pick {flag} in that range"
         )
 
 

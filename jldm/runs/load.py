@@ -12,7 +12,7 @@ from jldm.build.autoencoder import build_autoencoder
 from jldm.build.model import build_model
 from jldm.build.noise import build_schedule
 from jldm.build.vae import build_vae, vae_state_shapes
-from jldm.data.paths import isdir, join
+from jldm.data.paths import exists, isdir, join
 from jldm.diffusion.schedules import Schedule
 from jldm.errors import UserError
 from jldm.nn.autoencoder import AutoencoderKL
@@ -45,10 +45,20 @@ class Loaded(NamedTuple):
     stage1: Stage1 | None = None
 
 
+def check_workdir(workdir: str) -> None:
+    """workdir must be a folder: one line for a path that does not exist and for a file."""
+    if isdir(workdir):
+        return
+    if exists(workdir):
+        raise UserError(
+            f"workdir {workdir} is a file, not a run's folder: pass the --workdir given to train.py"
+        )
+    raise UserError(f"workdir {workdir} does not exist: pass the --workdir given to train.py")
+
+
 def load_run(workdir: str, step: int | None = None, ema: bool = True) -> Loaded:
     """The run in workdir at step (None: the latest readable), with EMA or raw params."""
-    if not isdir(workdir):
-        raise UserError(f"workdir {workdir} does not exist: pass the --workdir given to train.py")
+    check_workdir(workdir)
     if step is not None:
         step = _step_number(step)
     config = read_config(workdir)
@@ -81,8 +91,7 @@ def check_run(workdir: str) -> None:
     """What load_run(workdir) refuses without reading an array: no folder, no config.json, a
     toy run, no checkpoint, a latest checkpoint that records another architecture or
     objective. For tools that load several runs, so a bad one stops them before the work."""
-    if not isdir(workdir):
-        raise UserError(f"workdir {workdir} does not exist: pass the --workdir given to train.py")
+    check_workdir(workdir)
     mngr = _manager(read_config(workdir), workdir, config_path(workdir))
     try:
         checkpoint.check_record(mngr, mngr.latest_step())

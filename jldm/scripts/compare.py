@@ -7,7 +7,9 @@ bits/dim where the model has a density (jldm.sampling.likelihood.summary) with i
 per image. --grid: every sampler of each run (or of --samplers) at each of --budgets, one row
 per step count (none above the largest budget), and the bits/dim table; OUT.png and OUT.pdf
 plot Frechet distance and recall against NFE, one line per objective/sampler, with the figures
-of as many real training images (the samples' classes, at the model's resolution) dashed."""
+of as many real training images (the samples' classes, at the model's resolution) dashed.
+A setting whose samples diverge (NaN or Inf) is a row marked diverged, the others are still
+made, and the command ends with exit 2 and one line naming the diverged settings."""
 
 import json
 import math
@@ -16,7 +18,7 @@ from absl import flags
 
 from jldm import compare
 from jldm.cli import run_main
-from jldm.data.paths import isdir, resolve
+from jldm.data.paths import resolve
 from jldm.errors import UserError
 from jldm.eval.plot import nfe_plot
 
@@ -69,14 +71,19 @@ flags.DEFINE_string(
 _BPD_KEYS = ("bits_per_dim", "elbo_bpd", "bpd_nfe", "binary_bits_per_dim", "binary_elbo_bpd")
 
 
+def _setting(row: dict) -> str:
+    """run NAME (SAMPLER, N steps): the run and sampler setting of a row."""
+    return f"run {row.get('run')}" + (
+        f" ({row['sampler']}, {row['steps']} steps)" if row.get("steps") is not None else ""
+    )
+
+
 def _refuse_nonfinite(row: dict) -> None:
     """A figure that is NaN or Inf is not a result: one error line instead of the row."""
     bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
     if not bad:
         return
-    where = f"run {row.get('run')}" + (
-        f" ({row['sampler']}, {row['steps']} steps)" if row.get("steps") is not None else ""
-    )
+    where = _setting(row)
     if any(k in _BPD_KEYS for k in bad):
         fix = "lower --bpd_tol, give --bpd_steps, or skip bits/dim with --bpd_images=0"
     else:
@@ -92,10 +99,20 @@ def _print_row(row: dict) -> None:
     print(json.dumps(row), flush=True)
 
 
+def _refuse_diverged(rows: list[dict], out: str) -> None:
+    """Once the tables are written: the settings whose samples diverged as one error line."""
+    bad = [_setting(r) for r in rows if r.get("diverged")]
+    if bad:
+        raise UserError(
+            f"{'; '.join(bad)}: samples came out NaN or Inf (diverged), marked so in {out}.md: "
+            "look at them with sample.py, or give more steps, another sampler or less guidance"
+        )
+
+
 def _check_flags(workdirs: list[str]) -> list[int]:
     """Every flag, output path and run checked before the first sample: -> the budgets."""
     from jldm.build import samplers
-    from jldm.runs.load import check_run
+    from jldm.runs.load import check_run, check_workdir
     from jldm.runs.workdir import check_output_file
 
     f = FLAGS
@@ -133,9 +150,8 @@ def _check_flags(workdirs: list[str]) -> list[int]:
     out = resolve(f.out)
     for ext in (".md", ".jsonl", *((".png", ".pdf") if f.grid else ())):
         check_output_file(out + ext, "--out")
-    missing = [w for w in workdirs if not isdir(w)]
-    if missing:
-        raise UserError(f"workdir {missing[0]} does not exist: pass folders written by train.py")
+    for w in workdirs:
+        check_workdir(w)
     for w in workdirs:
         check_run(resolve(w))
     return budgets
@@ -157,6 +173,7 @@ def main(workdirs: list[str]) -> None:
             _print_row(rows[-1])
         compare.write_tables(out, compare.markdown(rows), rows)
         print(compare.markdown(rows) + f"\ntable: {out}.md {out}.jsonl")
+        _refuse_diverged(rows, out)
         return
     grid, bpd, real = compare.compare_grid(
         workdirs, budgets, f.per_class, f.guidance, f.seed, f.bpd_images, options,
@@ -173,6 +190,7 @@ def main(workdirs: list[str]) -> None:
     figures = nfe_plot(grid, real, out + ".png", out + ".pdf") if plotted else []
     shown = f"; plot: {' '.join(figures)}" if figures else ""
     print(text + f"\ntables: {out}.md {out}.jsonl" + shown)
+    _refuse_diverged(grid, out)
 
 
 def run() -> None:
