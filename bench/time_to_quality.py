@@ -1,14 +1,17 @@
-"""Time to quality: jldm's demo against diffusers' UNet2DModel, trained for the same wall clock.
+"""Time to quality: a jldm config against diffusers' UNet2DModel, trained for the same wall clock.
 
-    python bench/time_to_quality.py                 # the demo's 1500 steps, then the peer
+    python bench/time_to_quality.py                 # digits_ddpm's 1500 steps, then the peer
+    python bench/time_to_quality.py --config configs/digits_demo.py --peer_attention 1 \
+        --every 300 --sample_steps 20 --guidance 1.25   # make demo's recipe (bench/README.md)
     python bench/time_to_quality.py --minutes 8     # both for 8 minutes
     python bench/time_to_quality.py --tiny          # 20 jldm steps, 50 images: end to end
 
 Each round trains jldm, then the peer, back to back on the same cores; each run is a fresh
 process and its clock starts at a time.time() stamp taken just before the process starts, so
-start-up (imports, data, compilation) counts. jldm runs train.py on the config (default the
-demo's, configs/digits_ddpm.py) with a checkpoint every --every steps; a checkpoint's time is
-the TensorBoard wall time of the log record of its step, written just before it is saved. With
+start-up (imports, data, compilation) counts. jldm runs train.py on the config (default
+configs/digits_ddpm.py, the demo's previous recipe) with a checkpoint every --every steps; a
+checkpoint's time is the TensorBoard wall time of the log record of its step, written just
+before it is saved. With
 --minutes 0 jldm trains the config's train.steps and the time of its last checkpoint is the
 budget; with --minutes M it trains until M minutes, when it gets SIGTERM and saves a last
 checkpoint (timed at the signal). The peer (bench/peer_unet2d.py: same data as jldm renders it,
