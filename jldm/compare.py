@@ -187,7 +187,8 @@ def compare_one(
     s = run.config.sample
     g = s.get("guidance", 1.0) if guidance is None else guidance
     sampler = "prior" if is_vae(run.config) else s.sampler
-    # ddpm runs all T steps whatever nfe; its NFE is reported as it is.
+    if not is_vae(run.config):
+        samplers.check_nfe(run.config, sampler, nfe, g, "nfe")
     steps = 1 if is_vae(run.config) else samplers.steps_for_nfe(run.config, sampler, nfe, g)
     row.update(sample_row(run, sampler, steps, g, per_class, seed))
     if run.stage1 is not None:

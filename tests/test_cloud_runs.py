@@ -21,7 +21,13 @@ from jldm.cli import run_cli
 from jldm.data import paths
 from jldm.errors import UserError
 from tests import fake_cloud
-from tests.tiny import ROOT  # noqa: F401  (puts the repository's configs on sys.path)
+from tests.tiny import (
+    ROOT,  # noqa: F401  (puts the repository's configs on sys.path)
+    tiny_config,
+)
+
+# A stand-in run's config whose sampler can spend jldm-compare's default --nfe.
+_CONTINUOUS = tiny_config("/unused", **{"diffusion.objective": "vpsde"})
 
 
 @pytest.fixture
@@ -260,7 +266,7 @@ def test_compare_takes_gs_workdirs_as_given_and_writes_its_tables_there(
         return {"run": workdir.rsplit("/", 1)[-1], "objective": "ddpm", "sampler": "ddim", "nfe": 4}
 
     monkeypatch.setattr(compare, "compare_one", compare_one)
-    monkeypatch.setattr("jldm.runs.load.check_run", lambda w: None)  # the runs are stand-ins
+    monkeypatch.setattr("jldm.runs.load.check_run", lambda w: _CONTINUOUS)  # the runs are stand-ins
     for name in ("a", "b"):
         paths.write_text_atomic(f"gs://bucket/runs/{name}/config.json", "{}")
         os.makedirs(os.path.join(local, "runs", name))

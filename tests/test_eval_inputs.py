@@ -19,6 +19,7 @@ from jldm.eval import fid as fid_lib
 from jldm.scripts import compare as compare_script
 from jldm.scripts import fid as fid_script
 from tests.clitools import assert_error_line
+from tests.tiny import tiny_config
 
 F = 2048
 
@@ -252,7 +253,8 @@ def test_compare_refuses_a_non_finite_figure_and_writes_no_table(tmp_path, capsy
     from jldm import compare
     from jldm.runs import load
 
-    monkeypatch.setattr(load, "check_run", lambda w: None)
+    continuous = tiny_config("/unused", **{"diffusion.objective": "vpsde"})  # --nfe 200 fits
+    monkeypatch.setattr(load, "check_run", lambda w: continuous)
     row = {"run": "r", "sampler": "ddim", "steps": 10, "frechet": 3.0, "bits_per_dim": np.nan}
     monkeypatch.setattr(compare, "compare_one", lambda *a, **k: dict(row))
     out = f"--out={tmp_path}/t"
@@ -275,7 +277,7 @@ def test_a_diverged_grid_setting_is_a_marked_row_and_the_others_are_still_made(
 
     run = tmp_path / "r"
     run.mkdir()
-    monkeypatch.setattr(load, "check_run", lambda w: None)
+    monkeypatch.setattr(load, "check_run", lambda w: _run().config)
     monkeypatch.setattr(compare.api, "load", lambda w, step=None: _run())
     monkeypatch.setattr(compare, "real_row", lambda config, per_class: None)
     monkeypatch.setattr(compare.api, "make_generator", lambda run, cond, **k: k)

@@ -90,6 +90,13 @@ CLI_CASES = [
     # divisibility
     ("norm-groups", _train("--config.model.norm_groups=3"), ["norm_groups=3", "8 channels"]),
     ("heads", _train("--config.model.num_heads=3"), ["num_heads=3", "16 channels"]),
+    # values whose meaning is another config's: an empty ladder, a shrinking noise schedule
+    ("no-levels", _train("--config.model.channel_mult=()"), ["channel_mult=()", "non-empty"]),
+    (
+        "betas-shrinking",
+        _train("--config.diffusion.schedule=linear", "--config.diffusion.beta_start=0.5"),
+        ["beta_start=0.5 is above beta_end=0.02", "swap them"],
+    ),
     # sizes that cannot fit, and step counts without a bound
     ("batch-beyond-memory", _train("--config.train.batch_size=1000000000"), ["batch_size"]),
     (
@@ -110,6 +117,15 @@ CLI_CASES = [
     ("num-beyond-memory", _sample("--num", "1000000000"), ["10000000000 images", "--batch_size"]),
     ("classes-not-a-class", _sample("--classes", "3,x"), ["--classes=3,x"]),
     ("classes-out-of-range", _sample("--classes", "3,10"), ["[10]", "0..9"]),
+    # flags of the other input, which would be ignored
+    ("height-on-a-run", _sample("--height", "64"), ["--height is for --pretrained folders"]),
+    ("negative-on-a-run", _sample("--negative_prompt", "x"), ["--negative_prompt is for"]),
+    ("precision-on-a-run", _sample("--precision", "float32"), ["--precision is for"]),
+    (
+        "classes-on-pretrained",
+        ["sample.py", "--pretrained", T, "--prompt", "a", "--out", f"{T}/s", "--classes", "1"],
+        ["--classes is for runs of --workdir: drop it with --pretrained"],
+    ),
 ]
 
 
@@ -133,6 +149,33 @@ def test_the_steps_of_every_sampler_are_bounded():
                 samplers.check_steps(s, config, top + 1)
     with pytest.raises(UserError, match="steps='4' is no whole number"):
         samplers.check_steps(samplers.get("ddim"), discrete, "4")
+
+
+def test_an_nfe_budget_beyond_the_samplers_bound_is_refused_not_clamped(
+    tmp_path, capsys, monkeypatch
+):
+    from jldm import compare as table
+    from jldm.runs import load
+    from jldm.scripts import compare
+
+    discrete = tiny_config("/unused")
+    top = samplers.get("ddim").max_steps(discrete)  # one evaluation a step
+    samplers.check_nfe(discrete, "ddim", top, 1.0)
+    samplers.check_nfe(discrete, "ddim", 2 * top, 3.0)  # guided: two evaluations a step
+    with pytest.raises(UserError, match=f"--nfe={top + 1} is more than ddim can spend: at most "):
+        samplers.check_nfe(discrete, "ddim", top + 1, 1.0)
+    continuous = tiny_config("/unused", **{"diffusion.objective": "vpsde"})
+    with pytest.raises(UserError, match="at most 100001 network evaluations"):
+        samplers.check_nfe(continuous, "em", 10**9, 1.0)
+    # jldm-compare refuses it before the first sample, naming the run
+    (tmp_path / "w").mkdir()
+    monkeypatch.setattr(load, "check_run", lambda w: discrete)
+    monkeypatch.setattr(table, "compare_one", lambda *a, **k: pytest.fail("sampled"))
+    args = ["jldm-compare", str(tmp_path / "w"), "--nfe=1000000000", f"--out={tmp_path}/t"]
+    before = _snapshot(tmp_path)
+    code = run_cli(compare.main, args, compare.FLAGS, positional=True)
+    assert_error_line(code, capsys.readouterr().err, f"{tmp_path / 'w'}: --nfe=1000000000")
+    assert _snapshot(tmp_path) == before
 
 
 def test_long_sampling_shows_its_elapsed_time_on_a_terminal_only(monkeypatch):

@@ -127,6 +127,11 @@ def check_ddpm(f: ml_collections.ConfigDict) -> None:
         raise UserError(f"diffusion.prediction={f.prediction!r}: use eps, x0 or v")
     if not isinstance(f.timesteps, int) or f.timesteps < 1:
         raise UserError(f"diffusion.timesteps={f.timesteps} must be an integer >= 1")
+    if not f.get("betas") and f.schedule != "cosine" and not f.beta_start <= f.beta_end:
+        raise UserError(
+            f"diffusion.beta_start={f.beta_start} is above beta_end={f.beta_end}: the noise "
+            "grows along the chain, so beta_start <= beta_end (swap them)"
+        )
 
 
 def check_edm(f: ml_collections.ConfigDict) -> None:

@@ -269,6 +269,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     values = _flat(config)
     check_values(values, RANGES)
     for key, rule in TUPLES.items():
+        if key in values and key.endswith("channel_mult") and len(values[key]) == 0:
+            _refuse(key, values[key], "a non-empty tuple (one width multiplier per level)")
         for item in values.get(key, ()):
             if not rule.holds(item):
                 _refuse(key, values[key], f"a tuple of {rule.describe()}s")

@@ -268,6 +268,20 @@ def nfe(config: ml_collections.ConfigDict, name: str, steps: int, guidance: floa
     return get(name).nfe(config, steps) * (1 if guidance == 1.0 else 2)
 
 
+def check_nfe(
+    config: ml_collections.ConfigDict, name: str, budget: int, guidance: float, flag: str = "--nfe"
+) -> None:
+    """A budget of evaluations per sample that name's steps can spend on config's run."""
+    sampler = get(name)
+    top = sampler.max_steps(config)
+    if sampler.steps_for(config, _one(budget // (1 if guidance == 1.0 else 2))) > top:
+        raise UserError(
+            f"{flag}={budget} is more than {name} can spend: at most "
+            f"{nfe(config, name, top, guidance)} network evaluations ({top} steps); pass "
+            f"{flag} at most that"
+        )
+
+
 def steps_for_nfe(config: ml_collections.ConfigDict, name: str, budget: int, guidance: float):
     """The step count whose cost is about budget evaluations per sample (guidance included)."""
     sampler = get(name)

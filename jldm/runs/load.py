@@ -87,18 +87,21 @@ def _manager(config: ml_collections.ConfigDict, workdir: str, source: str):
     return mngr
 
 
-def check_run(workdir: str) -> None:
+def check_run(workdir: str) -> ml_collections.ConfigDict:
     """What load_run(workdir) refuses without reading an array: no folder, no config.json, a
     toy run, no checkpoint, a latest checkpoint that records another architecture or
-    objective. For tools that load several runs, so a bad one stops them before the work."""
+    objective. For tools that load several runs, so a bad one stops them before the work.
+    -> the run's config."""
     check_workdir(workdir)
-    mngr = _manager(read_config(workdir), workdir, config_path(workdir))
+    config = read_config(workdir)
+    mngr = _manager(config, workdir, config_path(workdir))
     try:
         checkpoint.check_record(mngr, mngr.latest_step())
     except UserError:
         raise
     except Exception:  # a damaged latest step: loading falls back past it and says so
         pass
+    return config
 
 
 def load_state(

@@ -112,6 +112,7 @@ def _refuse_diverged(rows: list[dict], out: str) -> None:
 def _check_flags(workdirs: list[str]) -> list[int]:
     """Every flag, output path and run checked before the first sample: -> the budgets."""
     from jldm.build import samplers
+    from jldm.build.vae import is_vae
     from jldm.runs.load import check_run, check_workdir
     from jldm.runs.workdir import check_output_file
 
@@ -152,8 +153,15 @@ def _check_flags(workdirs: list[str]) -> list[int]:
         check_output_file(out + ext, "--out")
     for w in workdirs:
         check_workdir(w)
-    for w in workdirs:
-        check_run(resolve(w))
+    configs = [check_run(resolve(w)) for w in workdirs]
+    for w, config in zip(workdirs, configs, strict=True):
+        if not f.grid and not is_vae(config):
+            s = config.sample
+            g = s.get("guidance", 1.0) if f.guidance is None else f.guidance
+            try:
+                samplers.check_nfe(config, s.sampler, f.nfe, g)
+            except UserError as e:
+                raise UserError(f"{w}: {e}") from None
     return budgets
 
 

@@ -14,6 +14,7 @@ from jldm.scripts.sample_flags import (
     FLAGS,
     check_count,
     check_flags,
+    check_input_flags,
     class_labels,
     known_pixels,
     read_image,
@@ -195,6 +196,7 @@ def main(owns_process: bool = False) -> None:
     from jldm.errors import UserError
 
     check_flags()
+    check_input_flags()
     if FLAGS.pretrained is not None:
         return _sample_pretrained()
     if owns_process:

@@ -254,6 +254,23 @@ def check_flags() -> None:
     ranges.check_seed(FLAGS.seed, "--seed")
 
 
+# Flags that only one of sample.py's two inputs reads.
+PRETRAINED_ONLY = ("negative_prompt", "height", "width", "pretrained_cache", "precision")
+WORKDIR_ONLY = ("step", "batch_size", "classes", "source", "mask", "low_res")
+
+
+def check_input_flags() -> None:
+    """Refuse a flag the chosen input (--pretrained or --workdir) would ignore."""
+    from jldm.errors import UserError
+
+    pretrained = FLAGS.pretrained is not None
+    for name in WORKDIR_ONLY if pretrained else PRETRAINED_ONLY:
+        if FLAGS[name].present:
+            if pretrained:
+                raise UserError(f"--{name} is for runs of --workdir: drop it with --pretrained")
+            raise UserError(f"--{name} is for --pretrained folders: drop it with --workdir")
+
+
 def sampler_steps_guidance(run) -> tuple[str, int, float]:
     """The flags' sampler, steps and guidance, else the run's config (steps: the sampler's)."""
     from jldm.build import samplers
