@@ -158,6 +158,13 @@ def test_a_killed_run_resumes_with_one_record_per_logged_step(tmp_path, digits_d
     starts = [e.step for e in read_events(workdir / "tb" / new) if e.HasField("session_log")]
     assert starts == [3]  # TensorBoard drops the earlier files' events of steps 3 and later
 
+    # Killed after logging past the last checkpoint of a finished run: a rerun that finds the
+    # run complete still brings the log back to it.
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 7, "loss": 0.5}) + "\n" + '{"step": 8, "lo')
+    assert api.train(tiny_config(digits_dir, **{"train.steps": 6}), str(workdir))
+    assert _records(workdir) == records
+
 
 def test_force_moves_the_whole_old_run_aside_as_a_loadable_run(tmp_path, digits_dir, caplog):
     from jldm import api

@@ -22,7 +22,7 @@ from jldm.build.state import TrainState, learning_rate
 from jldm.errors import UserError
 from jldm.runs import checkpoint
 from jldm.train.feeder import Prefetcher
-from jldm.train.metrics_log import MetricWriter
+from jldm.train.metrics_log import MetricWriter, rewind
 from jldm.train.saves import checkpoint_writes
 from jldm.train.signals import stop_requests
 from jldm.train.step import check_steps_per_call, mean_metrics
@@ -106,6 +106,7 @@ def fit(task: Task, workdir: str, writer: WriterFactory | Writer | None = None) 
     start = int(state.step)
     if start >= total:
         if main:
+            rewind(workdir, start)  # records a killed run logged past its last checkpoint
             logger.info(f"{workdir}: already trained to step {start} ({task.name}.steps={total})")
         return Result(True, state)
     if start % k:
