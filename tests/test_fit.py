@@ -186,6 +186,16 @@ def test_every_task_stops_resumes_bit_exactly_and_refuses_or_skips_nan(
     _same(straight.state, resumed.state)
 
 
+def test_a_stop_after_the_last_step_is_a_complete_run(root, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="jldm")
+    config = _config("toy", root, None)
+    total, k = config.train.steps, config.train.steps_per_call
+    done = _run("toy", config, str(tmp_path / "w"), _signal_after(total // k))
+    assert done.complete and int(done.state.step) == total
+    assert f"stopped by SIGTERM after the last step ({total}): checkpoint saved" in caplog.text
+    assert "rerun to resume" not in caplog.text
+
+
 def _nan_refused_or_skipped(kind, config, section, b, stopped, half, total, monkeypatch):
     """From the stop's checkpoint in b: a NaN step ends the run keeping that checkpoint; with
     skip_nonfinite the NaN steps are skipped, counted and logged as null."""

@@ -210,10 +210,17 @@ def fit(task: Task, workdir: str, writer: WriterFactory | Writer | None = None) 
             f"skipped {skipped} of {ran} steps ({skipped / ran:.1%}) with NaN/Inf loss or gradients"
         )
     if stop:
-        if main:
-            name = signal.Signals(stop[0]).name
-            logger.info(f"stopped by {name} at step {done}: checkpoint saved, rerun to resume")
-        return Result(False, state)
+        name = signal.Signals(stop[0]).name
+        if done < total:
+            if main:
+                logger.info(f"stopped by {name} at step {done}: checkpoint saved, rerun to resume")
+            return Result(False, state)
+        if main:  # every step is done: a rerun would find the run complete
+            logger.info(
+                f"stopped by {name} after the last step ({done}): checkpoint saved, the final "
+                "samples not drawn (sample.py draws them)"
+            )
+        return Result(True, state)
     if task.finish is not None:
         task.finish(state)
     return Result(True, state)
