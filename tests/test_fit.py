@@ -196,6 +196,27 @@ def test_a_stop_after_the_last_step_is_a_complete_run(root, tmp_path, caplog):
     assert "rerun to resume" not in caplog.text
 
 
+def test_ctrl_c_writes_the_checkpoint_then_interrupts(root, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="jldm")
+    config = _config("toy", root, None)
+    half = config.train.steps // 2
+    workdir = str(tmp_path / "w")
+
+    def wrap(task):  # Ctrl-C during the first call (two fused steps)
+        real = task.step
+
+        def step(state, inputs):
+            signal.raise_signal(signal.SIGINT)
+            return real(state, inputs)
+
+        return _no_finish(dataclasses.replace(task, step=step))
+
+    with pytest.raises(KeyboardInterrupt):
+        _run("toy", config, workdir, wrap)
+    assert _steps(workdir) == [half]
+    assert f"stopped by SIGINT at step {half}: checkpoint saved" in caplog.text
+
+
 def _nan_refused_or_skipped(kind, config, section, b, stopped, half, total, monkeypatch):
     """From the stop's checkpoint in b: a NaN step ends the run keeping that checkpoint; with
     skip_nonfinite the NaN steps are skipped, counted and logged as null."""

@@ -31,9 +31,10 @@ def train(
     """Train config in workdir, resuming from its latest checkpoint.
 
     Toy densities, a VAE, latent diffusion (both stages) or pixel diffusion, by config. Returns
-    True when training is complete, False when stopped early by SIGTERM/SIGINT (after writing a
-    checkpoint). Raises TrainingDiverged on a NaN/Inf step unless train.skip_nonfinite, without
-    writing the poisoned state. Everything that can be refused is refused before the first
+    True when training is complete, False when stopped early by SIGTERM (after writing a
+    checkpoint); SIGINT (Ctrl-C) writes the checkpoint, then raises KeyboardInterrupt. Raises
+    TrainingDiverged on a NaN/Inf step unless train.skip_nonfinite, without writing the
+    poisoned state. Everything that can be refused is refused before the first
     write, and one process at a time trains in a workdir. writer: an object with the methods
     of jldm.train.writers.Writer that gets the metrics (and the config as hparams) instead of
     config.train.writer's writer; it is flushed, not closed. A section or key the config lacks

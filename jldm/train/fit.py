@@ -76,7 +76,8 @@ class Watched(NamedTuple):
 
 
 class Result(NamedTuple):
-    """complete: train.steps are done (False: stopped by a signal, after a checkpoint)."""
+    """complete: train.steps are done (False: stopped by SIGTERM, after a checkpoint; SIGINT
+    raises KeyboardInterrupt after it)."""
 
     complete: bool
     state: TrainState
@@ -214,6 +215,8 @@ def fit(task: Task, workdir: str, writer: WriterFactory | Writer | None = None) 
         if done < total:
             if main:
                 logger.info(f"stopped by {name} at step {done}: checkpoint saved, rerun to resume")
+            if stop[0] == signal.SIGINT:
+                raise KeyboardInterrupt  # Ctrl-C: the checkpoint is written, the command exits 130
             return Result(False, state)
         if main:  # every step is done: a rerun would find the run complete
             logger.info(

@@ -1,4 +1,4 @@
-"""Clean stops: SIGTERM/SIGINT are recorded, so a training loop can checkpoint and exit 0."""
+"""Clean stops: SIGTERM/SIGINT are recorded, so a training loop can checkpoint before it ends."""
 
 import contextlib
 import signal
