@@ -76,7 +76,8 @@ def together() -> Iterator[None]:
     become their paths only once the block ends without error. A failed write of any leaves
     every path as it was and no temporary behind, so files that belong together (a grid and its
     .npz) are never one new, one old. Locally only a crash between the renames (one folder,
-    microseconds) could part them; cloud objects, which have no rename, are uploaded at the end
+    microseconds) could part them, and a rename that fails puts back the files replaced before
+    it; cloud objects, which have no rename, are uploaded at the end
     one after the other, so a failed upload can still part those. A block inside a block joins
     the outer one."""
     if _PENDING.get() is not None:
@@ -103,11 +104,23 @@ def _discard(writes: Pending) -> None:
 
 def _commit(writes: Pending) -> None:
     """Rename every temporary over its path, then run the uploads. A folder standing at any
-    path fails the whole set first, as os.replace would have failed for it alone."""
+    path fails the whole set first, as os.replace would have failed for it alone. Each earlier
+    file is kept under a second name (a hard link) until every rename is done, so a rename that
+    fails puts the files already replaced back."""
+    kept: list[tuple[str, str]] = []  # (path, its earlier file's second name)
+    done: list[str] = []
     try:
         for path, tmp in writes:
             if isinstance(tmp, str) and os.path.isdir(path):
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        for path, tmp in writes:
+            if isinstance(tmp, str) and os.path.isfile(path):
+                second = temporary(path)
+                try:
+                    os.link(path, second)
+                except OSError:  # a file system without hard links: no way back for this one
+                    continue
+                kept.append((path, second))
         for i, (path, tmp) in enumerate(writes):
             if isinstance(tmp, str):
                 try:
@@ -115,10 +128,22 @@ def _commit(writes: Pending) -> None:
                 except OSError as e:
                     e.filename, e.filename2 = path, None  # name the output, not its temporary
                     raise
+                done.append(path)
                 writes[i] = (path, lambda: None)
         for _, upload in writes:
             if not isinstance(upload, str):
                 upload()
     except BaseException:
         _discard(writes)
+        earlier = dict(kept)
+        for path in done:
+            if path in earlier:
+                os.replace(earlier.pop(path), path)
+            else:  # there was no file at path before
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
         raise
+    finally:
+        for _, second in kept:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(second)

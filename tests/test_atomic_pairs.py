@@ -36,6 +36,30 @@ def test_a_failed_second_write_leaves_both_files_as_they_were(tmp_path):
     assert _files(tmp_path) == {"s.png": b"old grid", "s.npz": b"old samples"}
 
 
+@pytest.mark.parametrize("first_existed", [True, False])
+def test_a_failed_second_rename_puts_the_first_file_back(tmp_path, monkeypatch, first_existed):
+    if first_existed:
+        (tmp_path / "s.png").write_bytes(b"old grid")
+    (tmp_path / "s.npz").write_bytes(b"old samples")
+    before = _files(tmp_path)
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the npz's rename, after the grid's
+            raise OSError(errno.EIO, "Input/output error")
+        return real(src, dst)
+
+    with pytest.raises(OSError) as e:
+        with together():
+            paths.write_bytes_atomic(str(tmp_path / "s.png"), b"new grid")
+            paths.write_bytes_atomic(str(tmp_path / "s.npz"), b"new samples")
+            monkeypatch.setattr(os, "replace", replace)
+    assert e.value.filename == str(tmp_path / "s.npz")
+    monkeypatch.undo()
+    assert _files(tmp_path) == before  # and no temporary or second name left
+
+
 def test_a_folder_at_the_second_path_leaves_the_first_as_it_was(tmp_path):
     (tmp_path / "s.png").write_bytes(b"old grid")
     (tmp_path / "s.npz").mkdir()
