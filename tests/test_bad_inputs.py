@@ -70,7 +70,11 @@ CASES = [
         ["fashion"],
     ),
     ("other-architecture", _train("--config.model.channels=16"), ["model.channels", "--force"]),
-    ("resolution-indivisible", _train("--config.data.resolution=9"), ["resolution", "divisible"]),
+    (
+        "resolution-indivisible",
+        _train("--config.model.channel_mult=1,2", "--config.data.resolution=9"),
+        ["resolution", "divisible"],
+    ),
     ("batch-indivisible", _train("--config.train.batch_size=6"), ["batch_size", "divisible"]),
     ("steps-per-call", _train("--config.train.steps_per_call=3"), ["steps_per_call"]),
     ("unknown-schedule", _train("--config.diffusion.schedule=cosin"), ["schedule"]),

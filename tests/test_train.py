@@ -55,6 +55,7 @@ def test_training_lowers_the_loss(data_dir, tmp_path):
         **{
             "train.steps": 40,
             "train.lr": 3e-3,
+            "model.channel_mult": (1, 2),
             "train.checkpoint_every": 40,
             "train.log_every": 10,
         },

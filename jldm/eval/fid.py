@@ -262,13 +262,17 @@ def fid(
 ) -> tuple[float, int, int]:
     """(FID, N samples, N reference) between two sets (.npz files or folders of shards; N = 0
     for statistics), with Inception weights from a file. reference may instead be a dataset
-    split, (Dataset, SPLIT). Every file of both sets is checked before the first Inception pass
-    (fid_inputs.check_set); statistics and an FID that are not finite are refused, never
-    written or returned."""
+    split, (Dataset, SPLIT). Every file of both sets, or the split, is checked before the
+    Inception weights are read (fid_inputs.check_set); statistics and an FID that are not
+    finite are refused, never written or returned."""
     from jldm.convert.inception import load_inception
 
     inputs.check_set(samples)
-    if not isinstance(reference, tuple):
+    if isinstance(reference, tuple):
+        from jldm.data.sources import open_split
+
+        open_split(*reference)  # a missing dataset or split (a built-in one is prepared)
+    else:
         inputs.check_set(reference)
     model, variables = load_inception(weights)
     set1 = set_stats(model, variables, samples, batch_size)

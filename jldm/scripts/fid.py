@@ -57,14 +57,10 @@ flags.DEFINE_string(
 
 
 def _dataset_ref(ref: str) -> tuple[Dataset, str]:
-    """--ref DATASET:SPLIT as (the Dataset in --data_dir, SPLIT), opened (a built-in one
-    prepared on first use): a missing dataset or split fails here, before the Inception."""
-    from jldm.data.sources import open_split
-
+    """--ref DATASET:SPLIT as (the Dataset in --data_dir, SPLIT); fid() opens it before the
+    Inception (a built-in one prepared on first use)."""
     name, split = fid_lib.parse_ref(ref)
-    dataset = Dataset(name, FLAGS.data_dir, FLAGS.fashion_dir)
-    open_split(dataset, split)
-    return dataset, split
+    return Dataset(name, FLAGS.data_dir, FLAGS.fashion_dir), split
 
 
 def _check_save_stats(given: str) -> None:
