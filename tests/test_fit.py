@@ -50,6 +50,7 @@ def root(tmp_path_factory):
 def finished_stage1(root):
     """A finished stage 1 that the latent case reuses (stage1.workdir)."""
     config = tiny_ldm(str(root / "tfds"))
+    config.stage1.perceptual_weight = 0.0  # as in _config: its perceptual net adds nothing here
     folder = str(root / "stage1")
     images, labels = load_training_images(config)
     assert fit(stage1_task(config, folder, images, labels), folder).complete

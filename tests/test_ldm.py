@@ -23,7 +23,7 @@ def tiny_ldm(data_dir: str):
     c.data.data_dir = data_dir
     apply_overrides(c, TINY_FLAGS)
     c.data.resolution = 8
-    c.model.channel_mult = (1, 2)
+    c.model.attention_levels = (0,)  # one level (TINY_FLAGS): cross-attention at the latents
     c.text.width, c.text.layers, c.text.heads = 16, 2, 2
     a = c.stage1
     a.channels, a.channel_mult, a.norm_groups, a.latent_channels = 8, (1, 2), 4, 2

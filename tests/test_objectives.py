@@ -1,5 +1,5 @@
 """Score objectives on the UNet: preconditioning in closed form, the loss at the exact score,
-and train -> sample through the loop for NCSN and an energy-parameterised SDE."""
+and train -> sample through the loop for an energy-parameterised NCSN and an SDE."""
 
 import math
 
@@ -125,13 +125,15 @@ def test_mismatched_objective_and_sampler_are_user_errors():
         build_loss(_config("ddpm", **{"diffusion.parameterization": "energy"}), None)
 
 
-_RUNS = {"ncsn": ("score", ["als"]), "vpsde": ("energy", ["pc", "em", "ode"])}
+# The energy parameterisation on NCSN: its samplers differentiate the network, and the SDE's
+# probability-flow bits/dim (compare's, below) would differentiate that again.
+_RUNS = {"ncsn": ("energy", ["als"]), "vpsde": ("score", ["pc", "em", "ode"])}
 _DDPM = {"ddpm": ("score", ["ddim"])}  # for compare's variational bound (T = 20)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Tiny NCSN (score), VP SDE (energy) and DDPM (T = 20) runs trained through the loop."""
+    """Tiny NCSN (energy), VP SDE (score) and DDPM (T = 20) runs trained through the loop."""
     root = tmp_path_factory.mktemp("objectives")
     data_dir, workdirs = str(root / "tfds"), {}
     for objective, (parameterization, names) in {**_RUNS, **_DDPM}.items():
@@ -195,8 +197,8 @@ def test_compare_grid_runs_each_sampler_per_budget_and_plots_it(runs, tmp_path, 
     from jldm.scripts import compare as script
 
     out = str(tmp_path / "grid")
-    # ddpm and ncsn: the vpsde run's energy network makes its samplers slow to compile, and
-    # its ODE bits/dim are tested above.
+    # ddpm and ncsn (a discrete model and a score ladder) give the grid its shape; the vpsde
+    # run's ODE bits/dim are tested above.
     argv = ["compare", runs["ddpm"], runs["ncsn"], "--grid", "--budgets=10,50"]
     argv += ["--samplers=als,ddim", "--per_class=1", "--guidance=2", "--bpd_images=4"]
     argv += ["--bpd_terms=5", f"--out={out}"]
