@@ -39,3 +39,29 @@ def pytest_unconfigure(config):
     # The process that made the folder removes it: the controller, or pytest without workers.
     if not hasattr(config, "workerinput"):
         shutil.rmtree(SESSION_DIR, ignore_errors=True)
+
+
+# The files with the most test time on two cores (seconds, pytest --durations), run first: under
+# pytest-xdist (make test: --dist loadfile --no-loadscope-reorder) the last files to finish are
+# then short ones, not a long one on one worker while the other idles.
+_LONGEST = {
+    "test_fit.py": 167,
+    "test_objectives.py": 106,
+    "test_ldm.py": 91,
+    "test_reliability.py": 90,
+    "test_convert.py": 46,
+    "test_cifar10.py": 39,
+    "test_results_kept.py": 39,
+    "test_bench_gpu.py": 35,
+    "test_cli.py": 34,
+    "test_library.py": 32,
+    "test_unet.py": 28,
+    "test_fid.py": 27,
+    "test_speed_options.py": 26,
+    "test_train.py": 24,
+    "test_bf16_training.py": 21,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: -_LONGEST.get(item.path.name, 0))  # stable: the rest as collected
