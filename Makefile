@@ -24,7 +24,7 @@ lint: install
 # pytest exits 5 when it collects nothing: a run with no tests is a failure. Two workers (one per
 # core); a test file stays on one worker so its module fixtures are built once.
 test: lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder tests; rc=$$?; \
+	$(BIN)/python -m pytest -n 3 --dist loadfile --no-loadscope-reorder tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 demo: install

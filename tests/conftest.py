@@ -43,7 +43,8 @@ def pytest_unconfigure(config):
 
 # The files with the most test time on two cores (seconds, pytest --durations), run first: under
 # pytest-xdist (make test: --dist loadfile --no-loadscope-reorder) the last files to finish are
-# then short ones, not a long one on one worker while the other idles.
+# then short ones, not a long one on one worker while the others idle. make test runs three
+# workers on two cores: the third fills the time the others wait on subprocesses and polls.
 _LONGEST = {
     "test_fit.py": 167,
     "test_objectives.py": 106,
