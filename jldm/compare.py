@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 import jax
+import ml_collections
 import numpy as np
 
 from jldm import api
@@ -166,6 +167,11 @@ def _base(workdir: str, run: api.Loaded) -> dict:
     return {"run": name, "workdir": workdir, "step": run.step, "bits_per_dim": None}
 
 
+def guidance_of(config: ml_collections.ConfigDict, guidance: float | None) -> float:
+    """guidance, or where None the run's config.sample.guidance (1.0 if it has none)."""
+    return config.sample.get("guidance", 1.0) if guidance is None else guidance
+
+
 def compare_one(
     workdir: str,
     nfe: int,
@@ -184,12 +190,13 @@ def compare_one(
 
     run = api.load(workdir)
     row = {**_base(workdir, run), "train_steps_s": train_speed(workdir), "stage1_steps_s": None}
-    s = run.config.sample
-    g = s.get("guidance", 1.0) if guidance is None else guidance
-    sampler = "prior" if is_vae(run.config) else s.sampler
-    if not is_vae(run.config):
+    g = guidance_of(run.config, guidance)
+    if is_vae(run.config):
+        sampler, steps = "prior", 1
+    else:
+        sampler = run.config.sample.sampler
         samplers.check_nfe(run.config, sampler, nfe, g, "nfe")
-    steps = 1 if is_vae(run.config) else samplers.steps_for_nfe(run.config, sampler, nfe, g)
+        steps = samplers.steps_for_nfe(run.config, sampler, nfe, g)
     row.update(sample_row(run, sampler, steps, g, per_class, seed))
     if run.stage1 is not None:
         from jldm.runs.stage1_state import stage1_folder

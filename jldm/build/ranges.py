@@ -197,6 +197,8 @@ TUPLES = {
     "model.attention_levels": count(0),
     "stage1.channel_mult": count(1),
 }
+# Tuples with an entry per network level: at least one.
+NON_EMPTY = ("model.channel_mult", "stage1.channel_mult")
 
 
 def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
@@ -268,9 +270,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """Every value of config against RANGES and TUPLES, and no NaN anywhere."""
     values = _flat(config)
     check_values(values, RANGES)
-    for key, rule in TUPLES.items():
-        if key in values and key.endswith("channel_mult") and len(values[key]) == 0:
+    for key in NON_EMPTY:
+        if key in values and len(values[key]) == 0:
             _refuse(key, values[key], "a non-empty tuple (one width multiplier per level)")
+    for key, rule in TUPLES.items():
         for item in values.get(key, ()):
             if not rule.holds(item):
                 _refuse(key, values[key], f"a tuple of {rule.describe()}s")

@@ -268,13 +268,18 @@ def nfe(config: ml_collections.ConfigDict, name: str, steps: int, guidance: floa
     return get(name).nfe(config, steps) * (1 if guidance == 1.0 else 2)
 
 
+def _steps_bought(sampler: Sampler, config, budget: int, guidance: float) -> int:
+    """The steps budget evaluations per sample pay for (guidance doubles each), unbounded."""
+    return sampler.steps_for(config, _one(budget // (1 if guidance == 1.0 else 2)))
+
+
 def check_nfe(
     config: ml_collections.ConfigDict, name: str, budget: int, guidance: float, flag: str = "--nfe"
 ) -> None:
     """A budget of evaluations per sample that name's steps can spend on config's run."""
     sampler = get(name)
     top = sampler.max_steps(config)
-    if sampler.steps_for(config, _one(budget // (1 if guidance == 1.0 else 2))) > top:
+    if _steps_bought(sampler, config, budget, guidance) > top:
         raise UserError(
             f"{flag}={budget} is more than {name} can spend: at most "
             f"{nfe(config, name, top, guidance)} network evaluations ({top} steps); pass "
@@ -285,5 +290,4 @@ def check_nfe(
 def steps_for_nfe(config: ml_collections.ConfigDict, name: str, budget: int, guidance: float):
     """The step count whose cost is about budget evaluations per sample (guidance included)."""
     sampler = get(name)
-    steps = sampler.steps_for(config, _one(budget // (1 if guidance == 1.0 else 2)))
-    return _bounded(sampler, config, steps)
+    return _bounded(sampler, config, _steps_bought(sampler, config, budget, guidance))

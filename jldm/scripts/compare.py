@@ -156,10 +156,9 @@ def _check_flags(workdirs: list[str]) -> list[int]:
     configs = [check_run(resolve(w)) for w in workdirs]
     for w, config in zip(workdirs, configs, strict=True):
         if not f.grid and not is_vae(config):
-            s = config.sample
-            g = s.get("guidance", 1.0) if f.guidance is None else f.guidance
+            g = compare.guidance_of(config, f.guidance)
             try:
-                samplers.check_nfe(config, s.sampler, f.nfe, g)
+                samplers.check_nfe(config, config.sample.sampler, f.nfe, g)
             except UserError as e:
                 raise UserError(f"{w}: {e}") from None
     return budgets
