@@ -14,7 +14,7 @@ import pytest
 
 from jldm.diffusion import frame as fr
 from jldm.diffusion import toy
-from jldm.diffusion.odeint import odeint_fixed
+from jldm.diffusion.odeint import odeint_adaptive, odeint_fixed
 from jldm.diffusion.score_losses import geometric_sigmas
 from jldm.diffusion.score_samplers import (
     annealed_langevin,
@@ -245,6 +245,22 @@ def test_score_samplers_keep_the_known_region():
         assert np.abs(kept[:, 2:] - x0[:, 2:]).mean() > 0.1, name
         if name != "pc":  # pc's corrector steps by norms over every pixel
             np.testing.assert_allclose(kept[:, 2:], free[:, 2:], atol=1e-5, err_msg=name)
+
+
+def test_the_integrators_hold_the_function_once_per_loop():
+    """An ODE of a network compiles the network once per loop, not once per stage: RK4 traces
+    f once, Dormand-Prince twice (its first slope, then the loop over the other six stages)."""
+    calls = []
+
+    def f(y, t):
+        calls.append(t)
+        return -y
+
+    jax.make_jaxpr(lambda y: odeint_fixed(f, y, 0.0, 1.0, 3))(jnp.ones((2, 3)))
+    assert len(calls) == 1
+    calls.clear()
+    jax.make_jaxpr(lambda y: odeint_adaptive(f, y, 0.0, 1.0)[0])(jnp.ones((2, 3)))
+    assert len(calls) == 2
 
 
 def test_rk4_is_fourth_order_and_runs_both_ways():

@@ -64,23 +64,24 @@ def annealed_langevin(
     return paste(x, known, jnp.zeros((), x.dtype), k_known)
 
 
-def langevin_corrector(
-    score: Score, key: jax.Array, x: jax.Array, sigma: jax.Array, snr: float, n_steps: int
-) -> jax.Array:
-    """n_steps Langevin steps at level sigma, of size 2 (snr |z| / |s|)^2. -> x.
+def _corrector_step(x: jax.Array, s: jax.Array, key: jax.Array, snr: float) -> jax.Array:
+    """One Langevin corrector step from x of score s, of size 2 (snr |z| / |s|)^2.
 
     As in Song et al.'s reference code the norms are batch means, which keeps the step finite
     when one sample sits on a mode (|s| = 0). The step is the same in xbar as in x = alpha xbar.
     """
+    z = jax.random.normal(key, x.shape, x.dtype)
+    s_norm = jnp.mean(jnp.sqrt(jnp.sum(jnp.square(s.reshape(s.shape[0], -1)), -1)))
+    z_norm = jnp.mean(jnp.sqrt(jnp.sum(jnp.square(z.reshape(z.shape[0], -1)), -1)))
+    step = 2.0 * jnp.square(snr * z_norm / jnp.maximum(s_norm, 1e-12))
+    return x + step * s + jnp.sqrt(2.0 * step) * z
 
-    def body(i, x):
-        s = score(x, sigma)
-        z = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
-        s_norm = jnp.mean(jnp.sqrt(jnp.sum(jnp.square(s.reshape(s.shape[0], -1)), -1)))
-        z_norm = jnp.mean(jnp.sqrt(jnp.sum(jnp.square(z.reshape(z.shape[0], -1)), -1)))
-        step = 2.0 * jnp.square(snr * z_norm / jnp.maximum(s_norm, 1e-12))
-        return x + step * s + jnp.sqrt(2.0 * step) * z
 
+def langevin_corrector(
+    score: Score, key: jax.Array, x: jax.Array, sigma: jax.Array, snr: float, n_steps: int
+) -> jax.Array:
+    """n_steps Langevin corrector steps at level sigma (step i's noise from fold_in(key, i))."""
+    body = lambda i, x: _corrector_step(x, score(x, sigma), jax.random.fold_in(key, i), snr)
     return jax.lax.fori_loop(0, n_steps, body, x)
 
 
@@ -98,20 +99,25 @@ def predictor_corrector(
     Each step but the last runs n_corrector Langevin corrector steps at sigma_i, then one
     Euler-Maruyama step to sigma_{i+1}; the last step, onto 0, is the noise-free mean, D.
     n_corrector = 0 is Euler-Maruyama alone. (N - 1) (1 + n_corrector) + 1 evaluations.
+    The corrector and predictor steps of a level share one loop with one evaluation each, so a
+    compiled sampler holds the network once.
     """
 
     def step(x, c, i, sigma, sigma_next, k):
         k_corr, k_pred = jax.random.split(k)
-        if n_corrector > 0:
-            x = jax.lax.cond(
-                sigma_next > 0,
-                lambda: langevin_corrector(score, k_corr, x, sigma, snr, n_corrector),
-                lambda: x,
-            )
         var = jnp.square(sigma) - jnp.square(sigma_next)
-        z = jax.random.normal(k_pred, x.shape, x.dtype)
-        noise = jnp.where(sigma_next > 0, jnp.sqrt(var), 0.0) * z
-        return x + var * score(x, sigma) + noise, c
+
+        def predict(x, s):
+            z = jax.random.normal(k_pred, x.shape, x.dtype)
+            return x + var * s + jnp.where(sigma_next > 0, jnp.sqrt(var), 0.0) * z
+
+        def one(j, x):  # j < n_corrector: a corrector step; j = n_corrector: the predictor
+            s = score(x, sigma)
+            correct = lambda: _corrector_step(x, s, jax.random.fold_in(k_corr, j), snr)
+            return jax.lax.cond(j < n_corrector, correct, lambda: predict(x, s))
+
+        first = jnp.where(sigma_next > 0, 0, n_corrector)  # no corrector before the step onto 0
+        return jax.lax.fori_loop(first, n_corrector + 1, one, x), c
 
     return scan_grid(step, xbar, sigmas, key, known)[0]
 
