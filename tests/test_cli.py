@@ -31,7 +31,7 @@ def trained(tmp_path_factory):
     """One tiny run through train.py, shared by the sampling tests."""
     root = tmp_path_factory.mktemp("cli")
     data_dir, workdir = str(root / "tfds"), str(root / "run")
-    proc = cli(*train_args(workdir, data_dir))
+    proc = cli(*train_args(workdir, data_dir, "--config.train.final_samples=True"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return data_dir, workdir
 
@@ -210,7 +210,9 @@ def test_training_in_process_leaves_no_threads_or_handlers_behind(
     shutil.copytree(workdir, resumed)
     monkeypatch.chdir(ROOT)  # train_args names configs/ as a user in the repository does
     threads, state = set(threading.enumerate()), process_state()
-    argv = train_args(resumed, data_dir, "--config.train.steps=6")
+    argv = train_args(
+        resumed, data_dir, "--config.train.steps=6", "--config.train.final_samples=True"
+    )
     assert run_cli(train.main, argv, flag_values=train.FLAGS) == 0
     out = capsys.readouterr().out
     # The script's own line, and the library's logged one as the same bare line on stdout.

@@ -139,10 +139,12 @@ from jldm.train.fit import fit  # the training subpackage imported: jldm.train s
 from tests.tiny import tiny_config
 
 data_dir, workdir = sys.argv[1:]
-assert jldm.train(tiny_config(data_dir), workdir)
+config = tiny_config(data_dir)
+config.train.final_samples = True  # its "final samples:" line is one of those kept hidden
+assert jldm.train(config, workdir)
 # A notebook's way to see the progress lines (force: the root logger has a handler already).
 logging.basicConfig(level=logging.INFO, force=True)
-assert jldm.train(tiny_config(data_dir), workdir)  # a second call in the same process
+assert jldm.train(config, workdir)  # a second call in the same process
 """
 
 

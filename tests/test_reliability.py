@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -338,7 +339,10 @@ def test_two_processes_train_like_one_with_the_same_global_batch(data_dir, tmp_p
     procs = []
     for pid in range(2):
         env = dict(os.environ, JAX_PLATFORMS="cpu")
-        env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        # Two devices each, and the suite's other XLA flags (conftest: quicker compiles).
+        env["XLA_FLAGS"] = re.sub(
+            r"host_platform_device_count=\d+", "host_platform_device_count=2", env["XLA_FLAGS"]
+        )
         if pid == 0:  # process 0 from flags, process 1 from the environment
             flags = ["--coordinator", f"127.0.0.1:{port}", "--num_processes", "2"]
             flags += ["--process_id", "0"]

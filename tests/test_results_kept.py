@@ -170,8 +170,12 @@ def test_force_moves_the_whole_old_run_aside_as_a_loadable_run(tmp_path, digits_
     from jldm import api
 
     workdir = tmp_path / "run"
+    caplog.set_level(logging.INFO, logger="jldm")
     assert api.train(tiny_config(digits_dir), str(workdir))
     old_files = sorted(os.listdir(workdir))
+    # The tiny config ends without the final grid (train.final_samples=False), and says so.
+    assert "samples_final.png" not in old_files
+    assert "no final samples (train.final_samples=False)" in caplog.text
     old_metrics = (workdir / "metrics.jsonl").read_bytes()
     old_config = (workdir / "config.json").read_bytes()
     old_shapes = _shapes(api.load(str(workdir)))
@@ -179,7 +183,6 @@ def test_force_moves_the_whole_old_run_aside_as_a_loadable_run(tmp_path, digits_
     with pytest.raises(UserError, match="model.channels.*--force"):
         api.train(wider, str(workdir))
 
-    caplog.set_level(logging.INFO, logger="jldm")
     assert api.train(wider, str(workdir), force=True)
     (kept,) = [p for p in workdir.iterdir() if p.name.startswith("replaced-")]
     assert f"kept in {kept}" in caplog.text

@@ -28,6 +28,8 @@ TINY_FLAGS = {
     "train.checkpoint_every": 2,
     "train.log_every": 2,
     "sample.per_class": 1,
+    # No final grid: a compile most tests never look at (test_cli's trained run draws it).
+    "train.final_samples": False,
     "sample.steps": 2,
 }
 

@@ -124,6 +124,9 @@ def get_config() -> ml_collections.ConfigDict:
     # samples on the digits and Fashion-MNIST (0: the grid only).
     t.sample_every = 0
     t.sample_quality = 500
+    # The run ends with a grid of EMA samples, WORKDIR/samples_final.png (sample.per_class per
+    # class); False: it ends at its last checkpoint (sample.py draws samples from it).
+    t.final_samples = True
     # FID Inception weights (pytorch-fid's .pth or its .safetensors); empty: $JLDM_FID_WEIGHTS.
     # With either, the watch step adds sample/fid of the sample_quality samples against the
     # dataset's test split; with neither, no FID (nothing is downloaded).

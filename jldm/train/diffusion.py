@@ -23,7 +23,7 @@ from jldm.eval.grid import readable_scale
 from jldm.runs.load import Loaded, Stage1
 from jldm.sampling.pipeline import make_generator
 from jldm.sampling.run import conditions
-from jldm.train.fit import Task, Watched
+from jldm.train.fit import Task, Watched, final_samples
 from jldm.train.inputs import as_source, source_batches
 from jldm.train.sharding import batch_sharding, check_batch, make_mesh, state_sharding
 from jldm.train.step import make_train_step, make_update
@@ -84,6 +84,8 @@ def diffusion_task(
     watcher = Watcher(config, workdir, source)
 
     def finish(state) -> None:
+        if not final_samples(config, workdir):
+            return
         run = ema_run(state)
         if run is not None:
             x = watcher.grid(run)

@@ -89,6 +89,17 @@ def check_section(section: ml_collections.ConfigDict, name: str) -> None:
     check_steps_per_call(section, name)
 
 
+def final_samples(config: ml_collections.ConfigDict, workdir: str) -> bool:
+    """Whether a finished run draws its final grid (train.final_samples); logs it when not."""
+    if config.train.get("final_samples", True):
+        return True
+    if jax.process_index() == 0:
+        logger.info(
+            f"{workdir}: no final samples (train.final_samples=False): sample.py draws them"
+        )
+    return False
+
+
 def fit(task: Task, workdir: str, writer: WriterFactory | Writer | None = None) -> Result:
     """Train task in workdir, resuming from its latest readable checkpoint. writer: where the
     metrics go besides metrics.jsonl (see MetricWriter; None: TensorBoard)."""

@@ -23,7 +23,7 @@ from jldm.eval import save_grid
 from jldm.runs.load import Loaded
 from jldm.sampling.vae import generate
 from jldm.sampling.vae_likelihood import eval_pixels, has_density, make_likelihood
-from jldm.train.fit import Task
+from jldm.train.fit import Task, final_samples
 from jldm.train.inputs import array_batches
 from jldm.train.sharding import batch_sharding, check_batch, make_mesh, state_sharding
 from jldm.train.step import make_train_step, make_update
@@ -94,6 +94,8 @@ def vae_task(
     )
 
     def finish(state) -> None:
+        if not final_samples(config, workdir):
+            return
         ema = host_params(state.ema_params)  # every process takes part
         if jax.process_index() == 0:
             final_grid(Loaded(config, model, ema, None, int(state.step)), workdir)
