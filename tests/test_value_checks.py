@@ -83,7 +83,11 @@ def _sample(*extra):
 CLI_CASES = [
     # numbers whose float32 value is inf or 0, and ints beyond int32 (the step counter's type)
     ("lr-beyond-float32", _train("--config.train.lr=1e300"), ["train.lr=1e+300", "float32"]),
-    ("beta-zero-in-float32", _train("--config.diffusion.beta_start=1e-50"), ["0 in float32"]),
+    (
+        "beta-zero-in-float32",
+        _train("--config.diffusion.schedule=linear", "--config.diffusion.beta_start=1e-50"),
+        ["0 in float32"],
+    ),
     ("steps-beyond-int32", _train(f"--config.train.steps={2**63}"), ["train.steps", "2147483647"]),
     ("config-seed-beyond-int32", _train(f"--config.seed={2**64}"), ["seed="]),
     ("guidance-huge-in-config", _train("--config.sample.guidance=1e30"), ["sample.guidance"]),
@@ -96,6 +100,17 @@ CLI_CASES = [
         "betas-shrinking",
         _train("--config.diffusion.schedule=linear", "--config.diffusion.beta_start=0.5"),
         ["beta_start=0.5 is above beta_end=0.02", "swap them"],
+    ),
+    # values the run would not read: betas under the cosine schedule, ddpm keys elsewhere
+    (
+        "betas-under-cosine",
+        _train("--config.diffusion.beta_start=0.5"),
+        ["--config.diffusion.beta_start=0.5 would change nothing", "cosine schedule"],
+    ),
+    (
+        "ddpm-key-on-another-objective",
+        _train("--config.diffusion.objective=edm", "--config.diffusion.timesteps=50"),
+        ["diffusion.objective=edm reads no diffusion.timesteps"],
     ),
     # sizes that cannot fit, and step counts without a bound
     ("batch-beyond-memory", _train("--config.train.batch_size=1000000000"), ["batch_size"]),

@@ -152,6 +152,23 @@ def check_flow(f: ml_collections.ConfigDict) -> None:
     positive("logit_std", f.logit_std)
 
 
+# The diffusion keys only the ddpm objective reads: its discrete schedule and prediction.
+DDPM_ONLY = ("schedule", "timesteps", "beta_start", "beta_end", "prediction")
+
+
+def unread_keys(f: ml_collections.ConfigDict) -> dict[str, str]:
+    """The diffusion.* keys that f's objective and schedule do not read -> why, in words."""
+    objective = f.get("objective")  # a config lacking it is refused where it is read
+    if objective is None:
+        return {}
+    if objective != "ddpm":
+        return {k: f"diffusion.objective={objective} reads no diffusion.{k}" for k in DDPM_ONLY}
+    if not f.get("betas") and f.get("schedule") == "cosine":
+        why = "the cosine schedule reads no beta_start or beta_end (linear and scaled_linear do)"
+        return {"beta_start": why, "beta_end": why}
+    return {}
+
+
 def check_weighting(objective: str, allowed: tuple[str, ...], f: ml_collections.ConfigDict) -> None:
     """diffusion.weighting must be known and one of allowed, the objective's."""
     name, gamma = weighting_of(f)

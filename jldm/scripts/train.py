@@ -58,7 +58,7 @@ flags.DEFINE_integer(
 def _check_config_loaded() -> None:
     """config_flags defers a --config file's load error to its first use: surface it here."""
     from jldm.errors import UserError
-    from jldm.train.checks import check_structure
+    from jldm.train.checks import check_overrides, check_structure
 
     name = config_flags.get_config_filename(FLAGS["config"])
     try:
@@ -73,6 +73,7 @@ def _check_config_loaded() -> None:
         check_structure(FLAGS.config)
     except UserError as e:
         raise UserError(f"--config {name}: {e}") from None
+    check_overrides(FLAGS.config, config_flags.get_override_values(FLAGS["config"]))
 
 
 def main(owns_process: bool = False) -> None:

@@ -31,6 +31,21 @@ def check_structure(config) -> None:
             )
 
 
+def check_overrides(config, overridden: dict) -> None:
+    """--config.PATH=VALUE overrides (overridden: PATH -> VALUE) that config's run would not
+    read are refused: a value that changes nothing is a mistake to name, not to train with."""
+    from jldm.build.noise import unread_keys
+
+    unread = unread_keys(config.diffusion)
+    for path, value in overridden.items():
+        section, _, key = path.partition(".")
+        if section == "diffusion" and key in unread:
+            raise UserError(
+                f"--config.{path}={value} would change nothing: {unread[key]}; drop the flag "
+                "or set the objective or schedule that reads it"
+            )
+
+
 def missing_key(e: BaseException) -> str | None:
     """The key of a ConfigDict lookup that failed with e, else None (another error)."""
     if not isinstance(e, AttributeError | KeyError):
