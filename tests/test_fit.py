@@ -86,23 +86,35 @@ def _config(kind: str, root, stage1_folder: str | None, **schedule):
     return c
 
 
-def _run(kind, config, workdir, wrap):
-    """Fit the task of kind in workdir; wrap(task) changes the task before it runs."""
+def _task(kind, config, workdir):
+    if kind == "toy":
+        return toy_task(config, workdir)
+    if kind == "pixel":
+        return diffusion_task(config, workdir, load_training_images(config))
+    if kind == "vae":
+        return vae_task(config, workdir, load_training_images(config))
+    return stage1_task(config, workdir, *load_training_images(config))
+
+
+def _run(kind, config, workdir, wrap, tasks=None):
+    """Fit the task of kind in workdir; wrap(task) changes the task before it runs.
+
+    tasks: built tasks by kind and skip_nonfinite (the settings that change the step), reused
+    by the fits of one test (their grids are off: the workdir a task was built for is not read),
+    so its compiled step serves them all; the latent kind builds its task inside fit_latent."""
     os.makedirs(workdir, exist_ok=True)
     if kind == "latent":
         real = ldm.fit
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(ldm, "fit", lambda task, w, *writer: real(wrap(task), w, *writer))
             return ldm.fit_latent(config, workdir, load_training_images(config))
-    if kind == "toy":
-        task = toy_task(config, workdir)
-    elif kind == "pixel":
-        task = diffusion_task(config, workdir, load_training_images(config))
-    elif kind == "vae":
-        task = vae_task(config, workdir, load_training_images(config))
-    else:
-        task = stage1_task(config, workdir, *load_training_images(config))
-    return fit(wrap(task), workdir)
+    if tasks is None:
+        return fit(wrap(_task(kind, config, workdir)), workdir)
+    section = config.stage1 if kind == "stage1" else config.train
+    key = (kind, bool(section.get("skip_nonfinite", False)))
+    if key not in tasks:
+        tasks[key] = _task(kind, config, workdir)
+    return fit(wrap(tasks[key]), workdir)
 
 
 def _no_finish(task):
@@ -169,20 +181,21 @@ def test_every_task_stops_resumes_bit_exactly_and_refuses_or_skips_nan(
     total, k = section.steps, section.get("steps_per_call", 1)
     half = total // 2
     a, b, c = (str(tmp_path / n) for n in "abc")
-    straight = _run(kind, config, a, _no_finish)
+    tasks = {}
+    straight = _run(kind, config, a, _no_finish, tasks)
     assert straight.complete and int(straight.state.step) == total and _steps(a) == [half, total]
 
     # SIGTERM halfway: a checkpoint of that step, and False (not complete).
-    stopped = _run(kind, config, b, _signal_after(half // k))
+    stopped = _run(kind, config, b, _signal_after(half // k), tasks)
     assert not stopped.complete and int(stopped.state.step) == half and _steps(b) == [half]
     assert f"stopped by SIGTERM at step {half}: checkpoint saved" in caplog.text
     shutil.copytree(b, c)
     if kind in NAN_KINDS:
-        _nan_refused_or_skipped(kind, config, section, b, stopped, half, total, monkeypatch)
+        _nan_refused_or_skipped(kind, config, section, b, stopped, half, total, monkeypatch, tasks)
         assert f"skipped {total - half} of {total - half} steps" in caplog.text
 
     # The copy taken at the stop resumes to exactly the uninterrupted run.
-    resumed = _run(kind, config, c, _no_finish)
+    resumed = _run(kind, config, c, _no_finish, tasks)
     assert resumed.complete and _steps(c) == [half, total]
     _same(straight.state, resumed.state)
 
@@ -218,7 +231,7 @@ def test_ctrl_c_writes_the_checkpoint_then_interrupts(root, tmp_path, caplog):
     assert f"stopped by SIGINT at step {half}: checkpoint saved" in caplog.text
 
 
-def _nan_refused_or_skipped(kind, config, section, b, stopped, half, total, monkeypatch):
+def _nan_refused_or_skipped(kind, config, section, b, stopped, half, total, monkeypatch, tasks):
     """From the stop's checkpoint in b: a NaN step ends the run keeping that checkpoint; with
     skip_nonfinite the NaN steps are skipped, counted and logged as null."""
     # A NaN step after it ends the run and keeps the last good checkpoint.
@@ -226,9 +239,10 @@ def _nan_refused_or_skipped(kind, config, section, b, stopped, half, total, monk
     if kind == "toy":
         monkeypatch.setattr(toy, "build_density", lambda cfg: _NaNDraws(*real_density(cfg)))
         poison = _no_finish
+        tasks = {}  # its NaN draws are the task's own: built anew, and not kept
     words = rf"step {half + 1}; the last good checkpoint \(step {half}\)"
     with pytest.raises(TrainingDiverged, match=words):
-        _run(kind, config, b, poison)
+        _run(kind, config, b, poison, tasks)
     assert _steps(b) == [half]
     # ... or, with skip_nonfinite, every NaN step is skipped and counted, up to a fraction.
     section.skip_nonfinite = True
@@ -237,10 +251,10 @@ def _nan_refused_or_skipped(kind, config, section, b, stopped, half, total, monk
         shutil.copytree(b, d)
         words = rf"{total - half} of {total - half} steps .*max_skipped_fraction=0.1"
         with pytest.raises(TrainingDiverged, match=words):
-            _run(kind, config, d, poison)
+            _run(kind, config, d, poison, tasks)
         assert _steps(d) == [half, total]  # the skipped steps' checkpoint is kept
     section.max_skipped_fraction = 1.0
-    skipped = _run(kind, config, b, poison)
+    skipped = _run(kind, config, b, poison, tasks)
     assert skipped.complete and int(skipped.state.step) == total
     _same(skipped.state.params, stopped.state.params)
     with open(os.path.join(b, "metrics.jsonl")) as f:
