@@ -7,6 +7,7 @@ writes the tensors under their PyTorch names as safetensors (the classifier head
 file jldm.eval.fid loads directly; .pth files load too, just more slowly.
 """
 
+import functools
 import os
 import re
 import sys
@@ -57,9 +58,18 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
 
 def abstract_variables(model: FIDInceptionV3 | None = None) -> dict:
     """Shapes of the network's params and batch_stats (nothing allocated)."""
-    model = model or FIDInceptionV3()
+    return _default_shapes() if model is None else _shapes_of(model)
+
+
+def _shapes_of(model: FIDInceptionV3) -> dict:
     x = jnp.zeros((1, 75, 75, 3))
     return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))
+
+
+@functools.cache
+def _default_shapes() -> dict:
+    """The FID network's shapes, traced once per process (seconds of tracing each time)."""
+    return _shapes_of(FIDInceptionV3())
 
 
 def convert_inception(state: Mapping[str, np.ndarray], source: str = "inception") -> dict:
