@@ -21,8 +21,9 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# pytest exits 5 when it collects nothing: a run with no tests is a failure. Two workers (one per
-# core); a test file stays on one worker so its module fixtures are built once.
+# pytest exits 5 when it collects nothing: a run with no tests is a failure. Three workers on two
+# cores (tests/conftest.py says why); a test file stays on one worker so its module fixtures are
+# built once.
 test: lint
 	$(BIN)/python -m pytest -n 3 --dist loadfile --no-loadscope-reorder tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc

@@ -108,8 +108,7 @@ def _run(kind, config, workdir, wrap, tasks=None):
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(ldm, "fit", lambda task, w, *writer: real(wrap(task), w, *writer))
             return ldm.fit_latent(config, workdir, load_training_images(config))
-    if tasks is None:
-        return fit(wrap(_task(kind, config, workdir)), workdir)
+    tasks = {} if tasks is None else tasks
     section = config.stage1 if kind == "stage1" else config.train
     key = (kind, bool(section.get("skip_nonfinite", False)))
     if key not in tasks:

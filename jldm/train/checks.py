@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import ml_collections
 
+from jldm.build.noise import unread_keys
 from jldm.errors import UserError
 from jldm.runs.kinds import kind_of
 
@@ -34,8 +35,6 @@ def check_structure(config) -> None:
 def check_overrides(config, overridden: dict) -> None:
     """--config.PATH=VALUE overrides (overridden: PATH -> VALUE) that config's run would not
     read are refused: a value that changes nothing is a mistake to name, not to train with."""
-    from jldm.build.noise import unread_keys
-
     unread = unread_keys(config.diffusion)
     for path, value in overridden.items():
         section, _, key = path.partition(".")
